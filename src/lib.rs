@@ -1,0 +1,8 @@
+//! gpu-agent: a Kubernetes GPU device plugin and node agent.
+//!
+//! The crate is a pure core (inventory model, resource building, allocation, preferred
+//! allocation, config validation) wrapped by thin I/O shells (gRPC servers, NVML, HTTP, files).
+//! See README.md, "Architecture".
+
+pub mod gpu;
+pub mod proto;
