@@ -5,4 +5,6 @@
 //! See README.md, "Architecture".
 
 pub mod gpu;
+pub mod config;
 pub mod proto;
+pub mod units;

@@ -1,9 +1,449 @@
-//! The mock inventory fixture (SPEC.md section 2): parsing and validation. Pure.
+//! The mock inventory fixture (SPEC.md section 2): parsing and validation. Pure: text in, values
+//! out, every problem reported with its field path.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+use super::ids::{mock_gpu_uuid, mock_mig_uuid};
+use super::mig_profiles;
+use super::{DeviceTelemetry, Gpu, Inventory, MigDevice, Telemetry};
+
+/// The built-in node used when no fixture is given: 8 × H100 80GB HBM3, NVLink all-to-all.
+pub const DEFAULT_FIXTURE: &str = include_str!("../../fixtures/default-h100x8.yaml");
 
 /// One problem in a fixture, with the field path it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct FixtureError {
+    /// Field path, e.g. `gpus[1].mig.devices`.
     pub path: String,
     pub message: String,
+}
+
+impl FixtureError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything a fixture says: the inventory plus the mutable state tests and demos inject.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Fixture {
+    pub inventory: Inventory,
+    /// Telemetry per device UUID (GPU and MIG).
+    pub telemetry: Telemetry,
+    /// XIDs listed per GPU UUID.
+    pub gpu_xids: BTreeMap<String, Vec<u64>>,
+    /// XIDs listed per MIG device UUID (extension: `mig.devices[].xids`).
+    pub mig_xids: BTreeMap<String, Vec<u64>>,
+    /// GPUs marked `lost: true`.
+    pub lost: BTreeSet<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FixtureDoc {
+    node: Option<String>,
+    driver_version: Option<String>,
+    cuda_driver_version: Option<String>,
+    #[serde(default)]
+    gpus: Vec<GpuEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GpuEntry {
+    model: String,
+    uuid: Option<String>,
+    #[serde(rename = "memoryMiB")]
+    memory_mib: Option<u64>,
+    numa_node: Option<u32>,
+    pci_bus_id: Option<String>,
+    mig: Option<MigEntry>,
+    #[serde(default)]
+    nvlink: BTreeMap<u32, u32>,
+    telemetry: Option<TelemetryEntry>,
+    #[serde(default)]
+    xids: Vec<u64>,
+    #[serde(default)]
+    lost: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigEntry {
+    #[serde(default)]
+    devices: Vec<MigDeviceEntry>,
+}
+
+/// `3g.40gb` or `{profile: 3g.40gb, memoryUsedMiB: 1200, xids: []}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum MigDeviceEntry {
+    Name(String),
+    Detailed(MigDeviceDetail),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct MigDeviceDetail {
+    profile: String,
+    #[serde(rename = "memoryUsedMiB")]
+    memory_used_mib: Option<u64>,
+    #[serde(default)]
+    xids: Vec<u64>,
+}
+
+impl MigDeviceEntry {
+    fn profile(&self) -> &str {
+        match self {
+            MigDeviceEntry::Name(name) => name,
+            MigDeviceEntry::Detailed(detail) => &detail.profile,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TelemetryEntry {
+    utilization_percent: Option<f64>,
+    #[serde(rename = "memoryUsedMiB")]
+    memory_used_mib: Option<u64>,
+    temperature_celsius: Option<f64>,
+    power_watts: Option<f64>,
+    sm_clock_mhz: Option<f64>,
+    memory_clock_mhz: Option<f64>,
+}
+
+/// Telemetry of a GPU whose fixture entry has no `telemetry:`: an idle GPU.
+const IDLE_TEMPERATURE_CELSIUS: f64 = 34.0;
+const IDLE_POWER_WATTS: f64 = 70.0;
+
+/// Parse and validate fixture text. On failure every problem found is returned.
+pub fn parse(text: &str) -> Result<Fixture, Vec<FixtureError>> {
+    let doc: FixtureDoc = serde_yaml_ng::from_str(text).map_err(|e| vec![yaml_error(&e)])?;
+    build(doc)
+}
+
+fn yaml_error(error: &serde_yaml_ng::Error) -> FixtureError {
+    // serde_yaml_ng puts the field path first ("gpus[0]: unknown field ..."); keep it as the path.
+    let text = error.to_string();
+    match text.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') => FixtureError::new(path, message),
+        _ => FixtureError::new("fixture", text),
+    }
+}
+
+fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
+    let mut errors = Vec::new();
+    let mut fixture = Fixture {
+        inventory: Inventory {
+            node: doc.node.filter(|n| !n.is_empty()),
+            driver_version: doc.driver_version,
+            cuda_driver_version: doc.cuda_driver_version,
+            gpus: Vec::with_capacity(doc.gpus.len()),
+        },
+        ..Fixture::default()
+    };
+    let gpu_count = doc.gpus.len();
+    let mut seen_uuids = BTreeSet::new();
+
+    for (position, entry) in doc.gpus.into_iter().enumerate() {
+        let path = format!("gpus[{position}]");
+        let index = position as u32;
+        let model_spec = mig_profiles::model(&entry.model);
+
+        let memory_mib = match (entry.memory_mib, model_spec) {
+            (Some(0), _) => {
+                errors.push(FixtureError::new(
+                    format!("{path}.memoryMiB"),
+                    "must be > 0, got 0",
+                ));
+                continue;
+            }
+            (Some(mib), _) => mib,
+            (None, Some(spec)) => spec.memory_total_mib,
+            (None, None) => {
+                errors.push(FixtureError::new(
+                    format!("{path}.memoryMiB"),
+                    format!(
+                        "required for model {:?}, which has no built-in table (known: {})",
+                        entry.model,
+                        known_models()
+                    ),
+                ));
+                continue;
+            }
+        };
+
+        let uuid = entry.uuid.clone().unwrap_or_else(|| mock_gpu_uuid(index));
+        if !uuid.starts_with("GPU-") || uuid.len() < 5 {
+            errors.push(FixtureError::new(
+                format!("{path}.uuid"),
+                format!("must look like GPU-<hex>, got {uuid:?}"),
+            ));
+        }
+        if !seen_uuids.insert(uuid.clone()) {
+            errors.push(FixtureError::new(
+                format!("{path}.uuid"),
+                format!("duplicate UUID {uuid}"),
+            ));
+        }
+
+        for (&peer, &links) in &entry.nvlink {
+            if peer as usize >= gpu_count || peer == index {
+                errors.push(FixtureError::new(
+                    format!("{path}.nvlink.{peer}"),
+                    format!("peer must be the index of another GPU (0..{gpu_count}, not {index}), got {peer}"),
+                ));
+            } else if links == 0 {
+                errors.push(FixtureError::new(
+                    format!("{path}.nvlink.{peer}"),
+                    "link count must be >= 1 (leave the pair out for PCIe), got 0",
+                ));
+            }
+        }
+
+        let telemetry = entry.telemetry.unwrap_or_default();
+        check_telemetry(&path, &telemetry, memory_mib, &mut errors);
+
+        let mut gpu = Gpu {
+            index,
+            uuid: uuid.clone(),
+            model: entry.model.clone(),
+            memory_mib,
+            numa_node: entry.numa_node,
+            pci_bus_id: entry.pci_bus_id,
+            minor_number: index,
+            mig_enabled: entry.mig.is_some(),
+            mig_devices: Vec::new(),
+            nvlinks: entry.nvlink,
+        };
+
+        if let Some(mig) = entry.mig {
+            let mig_path = format!("{path}.mig.devices");
+            match model_spec {
+                None => errors.push(FixtureError::new(
+                    format!("{path}.mig"),
+                    format!(
+                        "model {:?} has no MIG support (MIG models: {})",
+                        entry.model,
+                        known_models()
+                    ),
+                )),
+                Some(spec) => {
+                    let names: Vec<&str> = mig.devices.iter().map(MigDeviceEntry::profile).collect();
+                    match spec.place(&names) {
+                        Err(e) => errors.push(FixtureError::new(mig_path, e.to_string())),
+                        Ok(placements) => {
+                            for (i, (device, placement)) in
+                                mig.devices.iter().zip(placements).enumerate()
+                            {
+                                let mig_uuid = mock_mig_uuid(&uuid, placement.gpu_instance_id);
+                                let memory = placement.profile.memory_mib;
+                                let (used, xids) = match device {
+                                    MigDeviceEntry::Name(_) => (0, Vec::new()),
+                                    MigDeviceEntry::Detailed(d) => {
+                                        (d.memory_used_mib.unwrap_or(0), d.xids.clone())
+                                    }
+                                };
+                                if used > memory {
+                                    errors.push(FixtureError::new(
+                                        format!("{mig_path}[{i}].memoryUsedMiB"),
+                                        format!("must be <= the profile's {memory} MiB, got {used}"),
+                                    ));
+                                }
+                                fixture.telemetry.insert(
+                                    mig_uuid.clone(),
+                                    DeviceTelemetry {
+                                        memory_used_mib: Some(used),
+                                        memory_total_mib: Some(memory),
+                                        ..DeviceTelemetry::default()
+                                    },
+                                );
+                                if !xids.is_empty() {
+                                    fixture.mig_xids.insert(mig_uuid.clone(), xids);
+                                }
+                                gpu.mig_devices.push(MigDevice {
+                                    uuid: mig_uuid,
+                                    profile: placement.profile.name.to_string(),
+                                    gpu_instance_id: placement.gpu_instance_id,
+                                    compute_instance_id: 0,
+                                    memory_mib: memory,
+                                    index: i as u32,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        fixture.telemetry.insert(
+            uuid.clone(),
+            DeviceTelemetry {
+                utilization_percent: Some(telemetry.utilization_percent.unwrap_or(0.0)),
+                memory_used_mib: Some(telemetry.memory_used_mib.unwrap_or(0)),
+                memory_total_mib: Some(memory_mib),
+                temperature_celsius: Some(
+                    telemetry
+                        .temperature_celsius
+                        .unwrap_or(IDLE_TEMPERATURE_CELSIUS),
+                ),
+                power_watts: Some(telemetry.power_watts.unwrap_or(IDLE_POWER_WATTS)),
+                sm_clock_mhz: telemetry.sm_clock_mhz,
+                memory_clock_mhz: telemetry.memory_clock_mhz,
+            },
+        );
+        if !entry.xids.is_empty() {
+            fixture.gpu_xids.insert(uuid.clone(), entry.xids);
+        }
+        if entry.lost {
+            fixture.lost.insert(uuid);
+        }
+        fixture.inventory.gpus.push(gpu);
+    }
+
+    symmetrize_nvlinks(&mut fixture.inventory.gpus);
+
+    if errors.is_empty() {
+        Ok(fixture)
+    } else {
+        Err(errors)
+    }
+}
+
+fn check_telemetry(path: &str, t: &TelemetryEntry, memory_mib: u64, errors: &mut Vec<FixtureError>) {
+    let mut check = |field: &str, ok: bool, message: String| {
+        if !ok {
+            errors.push(FixtureError::new(format!("{path}.telemetry.{field}"), message));
+        }
+    };
+    if let Some(u) = t.utilization_percent {
+        check(
+            "utilizationPercent",
+            (0.0..=100.0).contains(&u),
+            format!("must be within 0..=100, got {u}"),
+        );
+    }
+    if let Some(used) = t.memory_used_mib {
+        check(
+            "memoryUsedMiB",
+            used <= memory_mib,
+            format!("must be <= the GPU's {memory_mib} MiB, got {used}"),
+        );
+    }
+    if let Some(p) = t.power_watts {
+        check(
+            "powerWatts",
+            p.is_finite() && p >= 0.0,
+            format!("must be >= 0, got {p}"),
+        );
+    }
+    if let Some(c) = t.temperature_celsius {
+        check(
+            "temperatureCelsius",
+            c.is_finite() && (-50.0..=150.0).contains(&c),
+            format!("must be within -50..=150, got {c}"),
+        );
+    }
+}
+
+/// NVLink is symmetric: a pair listed on either side counts for both.
+fn symmetrize_nvlinks(gpus: &mut [Gpu]) {
+    let mut pairs = Vec::new();
+    for gpu in gpus.iter() {
+        for (&peer, &links) in &gpu.nvlinks {
+            pairs.push((peer, gpu.index, links));
+        }
+    }
+    for (at, peer, links) in pairs {
+        if let Some(gpu) = gpus.get_mut(at as usize) {
+            let entry = gpu.nvlinks.entry(peer).or_insert(links);
+            *entry = (*entry).max(links);
+        }
+    }
+}
+
+fn known_models() -> String {
+    mig_profiles::models()
+        .iter()
+        .map(|m| m.nvml_name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_models_need_memory_and_cannot_use_mig() {
+        let ok = parse("gpus: [{model: NVIDIA L4, memoryMiB: 23034}]").unwrap();
+        assert_eq!(ok.inventory.gpus[0].memory_mib, 23034);
+        assert!(!ok.inventory.gpus[0].mig_enabled);
+
+        let errors = parse("gpus: [{model: NVIDIA L4}]").unwrap_err();
+        assert_eq!(errors[0].path, "gpus[0].memoryMiB");
+        assert!(errors[0].message.contains("NVIDIA L4"), "{errors:?}");
+
+        let errors = parse("gpus: [{model: NVIDIA L4, memoryMiB: 23034, mig: {devices: []}}]")
+            .unwrap_err();
+        assert_eq!(errors[0].path, "gpus[0].mig");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_a_path() {
+        let errors = parse("gpus: [{model: NVIDIA L4, memoryMiB: 1, colour: red}]").unwrap_err();
+        assert!(errors[0].to_string().contains("colour"), "{errors:?}");
+        let errors = parse("gpu: []").unwrap_err();
+        assert!(errors[0].to_string().contains("gpu"), "{errors:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+gpus:
+  - {model: NVIDIA L4, memoryMiB: 100, telemetry: {utilizationPercent: 150}}
+  - {model: NVIDIA L4, memoryMiB: 100, uuid: nope, nvlink: {7: 2}}
+"#;
+        let errors = parse(text).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"gpus[0].telemetry.utilizationPercent"), "{paths:?}");
+        assert!(paths.contains(&"gpus[1].uuid"), "{paths:?}");
+        assert!(paths.contains(&"gpus[1].nvlink.7"), "{paths:?}");
+    }
+
+    #[test]
+    fn nvlinks_are_symmetric_and_state_is_collected() {
+        let text = r#"
+gpus:
+  - {model: NVIDIA L4, memoryMiB: 100, nvlink: {1: 4}, xids: [43], lost: true}
+  - {model: NVIDIA L4, memoryMiB: 100, telemetry: {utilizationPercent: 50, memoryUsedMiB: 10}}
+"#;
+        let f = parse(text).unwrap();
+        let gpus = &f.inventory.gpus;
+        assert_eq!(gpus[1].nvlinks_to(0), 4);
+        assert_eq!(f.gpu_xids[&gpus[0].uuid], vec![43]);
+        assert!(f.lost.contains(&gpus[0].uuid));
+        let t = &f.telemetry[&gpus[1].uuid];
+        assert_eq!(t.utilization_percent, Some(50.0));
+        assert_eq!(t.memory_used_mib, Some(10));
+        assert_eq!(t.memory_total_mib, Some(100));
+    }
+
+    #[test]
+    fn default_fixture_is_eight_h100_all_to_all() {
+        let f = parse(DEFAULT_FIXTURE).unwrap();
+        assert_eq!(f.inventory.gpus.len(), 8);
+        for gpu in &f.inventory.gpus {
+            assert_eq!(gpu.model, "NVIDIA H100 80GB HBM3");
+            assert_eq!(gpu.nvlinks.len(), 7, "gpu {} links {:?}", gpu.index, gpu.nvlinks);
+        }
+        assert_eq!(f.inventory.gpus[0].uuid, mock_gpu_uuid(0));
+    }
 }

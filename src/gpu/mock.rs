@@ -1,35 +1,248 @@
 //! The mock backend: a YAML fixture (or the built-in 8 × H100 node), watched for changes.
+//!
+//! The fixture is re-read every [`POLL_INTERVAL`]: telemetry, newly appended `xids` and `lost`
+//! take effect within a second, a changed GPU list or MIG layout is published as a new inventory
+//! (like a MIG re-partition), and an invalid edit is logged while the last good fixture stays.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::backend::{BackendError, BackendEvents, GpuBackend};
-use super::{Inventory, Telemetry};
+use super::fixture::{self, Fixture, DEFAULT_FIXTURE};
+use super::{HealthEvent, Inventory, Telemetry};
+
+/// How often the fixture file is re-read. Small files: a read is a few microseconds.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// GPUs described by a fixture file.
-pub struct MockBackend {}
+pub struct MockBackend {
+    path: Option<PathBuf>,
+    state: Mutex<Fixture>,
+}
 
 impl MockBackend {
     /// Read `fixture`, or use the built-in node when `None`.
-    pub fn open(_fixture: Option<PathBuf>) -> Result<Self, BackendError> {
-        Ok(Self {})
+    pub fn open(fixture: Option<PathBuf>) -> Result<Self, BackendError> {
+        let state = match &fixture {
+            None => fixture::parse(DEFAULT_FIXTURE).map_err(|errors| {
+                BackendError::FixtureInvalid {
+                    path: "<built-in>".into(),
+                    errors,
+                }
+            })?,
+            Some(path) => read_fixture(path)?,
+        };
+        Ok(Self {
+            path: fixture,
+            state: Mutex::new(state),
+        })
     }
+
+    /// Build a backend from fixture text (tests, benches).
+    pub fn from_text(text: &str) -> Result<Self, BackendError> {
+        let state = fixture::parse(text).map_err(|errors| BackendError::FixtureInvalid {
+            path: "<text>".into(),
+            errors,
+        })?;
+        Ok(Self {
+            path: None,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&Fixture) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere mid-update; the data is still a whole fixture.
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&guard)
+    }
+
+    /// Apply a newly read fixture: publish what changed, then keep it as the current state.
+    fn apply(&self, new: Fixture, events: &BackendEvents) {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let old = std::mem::replace(&mut *guard, new);
+        let new = &*guard;
+        for event in health_changes(&old, new) {
+            if events.health.try_send(event).is_err() {
+                tracing::debug!("health channel full; event dropped (the consumer coalesces)");
+            }
+        }
+        if !old.inventory.same_layout(&new.inventory) || old.inventory != new.inventory {
+            tracing::info!(gpus = new.inventory.gpus.len(), "mock fixture layout changed");
+            events.inventory.send_replace(Arc::new(new.inventory.clone()));
+        }
+    }
+}
+
+fn read_fixture(path: &PathBuf) -> Result<Fixture, BackendError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BackendError::FixtureRead {
+        path: path.clone(),
+        source,
+    })?;
+    fixture::parse(&text).map_err(|errors| BackendError::FixtureInvalid {
+        path: path.display().to_string(),
+        errors,
+    })
+}
+
+/// Health events implied by going from `old` to `new`: XIDs appended since, GPUs lost or back.
+pub fn health_changes(old: &Fixture, new: &Fixture) -> Vec<HealthEvent> {
+    let mut events = Vec::new();
+    for gpu in &new.inventory.gpus {
+        let before = old.gpu_xids.get(&gpu.uuid).map_or(0, Vec::len);
+        if let Some(xids) = new.gpu_xids.get(&gpu.uuid) {
+            for &xid in xids.iter().skip(before) {
+                events.push(HealthEvent::Xid {
+                    gpu_uuid: gpu.uuid.clone(),
+                    mig_uuid: None,
+                    xid,
+                });
+            }
+        }
+        for mig in &gpu.mig_devices {
+            let before = old.mig_xids.get(&mig.uuid).map_or(0, Vec::len);
+            if let Some(xids) = new.mig_xids.get(&mig.uuid) {
+                for &xid in xids.iter().skip(before) {
+                    events.push(HealthEvent::Xid {
+                        gpu_uuid: gpu.uuid.clone(),
+                        mig_uuid: Some(mig.uuid.clone()),
+                        xid,
+                    });
+                }
+            }
+        }
+        match (old.lost.contains(&gpu.uuid), new.lost.contains(&gpu.uuid)) {
+            (false, true) => events.push(HealthEvent::Lost {
+                gpu_uuid: gpu.uuid.clone(),
+            }),
+            (true, false) => events.push(HealthEvent::Found {
+                gpu_uuid: gpu.uuid.clone(),
+            }),
+            _ => {}
+        }
+    }
+    events
 }
 
 impl GpuBackend for MockBackend {
     fn name(&self) -> &'static str {
         "mock"
     }
+
     fn inventory(&self) -> Result<Inventory, BackendError> {
-        Ok(Inventory::default())
+        Ok(self.with_state(|s| s.inventory.clone()))
     }
+
     fn lost_gpus(&self) -> Vec<String> {
-        vec![]
+        self.with_state(|s| s.lost.iter().cloned().collect())
     }
-    fn telemetry(&self, _inventory: &Inventory) -> Telemetry {
-        Telemetry::default()
+
+    fn telemetry(&self, inventory: &Inventory) -> Telemetry {
+        self.with_state(|s| {
+            let mut out = Telemetry::new();
+            for gpu in &inventory.gpus {
+                // A lost GPU answers no NVML call: nothing to report for it or its MIG devices.
+                if s.lost.contains(&gpu.uuid) {
+                    continue;
+                }
+                let uuids = std::iter::once(&gpu.uuid).chain(gpu.mig_devices.iter().map(|m| &m.uuid));
+                for uuid in uuids {
+                    if let Some(t) = s.telemetry.get(uuid) {
+                        out.insert(uuid.clone(), t.clone());
+                    }
+                }
+            }
+            out
+        })
     }
-    fn watch(self: Arc<Self>, _events: BackendEvents) -> Result<(), BackendError> {
+
+    fn watch(self: Arc<Self>, events: BackendEvents) -> Result<(), BackendError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let mut last = std::fs::read(&path).ok();
+        std::thread::Builder::new()
+            .name("mock-fixture-watch".into())
+            .spawn(move || {
+                while !events.health.is_closed() {
+                    std::thread::sleep(POLL_INTERVAL);
+                    let Ok(bytes) = std::fs::read(&path) else {
+                        // Mid-rename or deleted: keep the last good fixture and look again.
+                        continue;
+                    };
+                    if last.as_deref() == Some(bytes.as_slice()) {
+                        continue;
+                    }
+                    last = Some(bytes.clone());
+                    let parsed = std::str::from_utf8(&bytes)
+                        .map_err(|e| vec![fixture::FixtureError {
+                            path: "fixture".into(),
+                            message: format!("not UTF-8: {e}"),
+                        }])
+                        .and_then(fixture::parse);
+                    match parsed {
+                        Ok(new) => self.apply(new, &events),
+                        Err(errors) => {
+                            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                            tracing::warn!(
+                                path = %path.display(),
+                                errors = ?errors,
+                                "invalid mock fixture ignored; the last good one stays in force"
+                            );
+                        }
+                    }
+                }
+            })
+            .map_err(|e| BackendError::FixtureRead {
+                path: PathBuf::from("<watch thread>"),
+                source: e,
+            })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(text: &str) -> Fixture {
+        fixture::parse(text).unwrap()
+    }
+
+    #[test]
+    fn appended_xids_and_lost_toggles_become_events() {
+        let old = fixture("gpus: [{model: X, memoryMiB: 10, xids: [13]}, {model: X, memoryMiB: 10}]");
+        let new = fixture(
+            "gpus: [{model: X, memoryMiB: 10, xids: [13, 48, 63]}, {model: X, memoryMiB: 10, lost: true}]",
+        );
+        let uuid0 = new.inventory.gpus[0].uuid.clone();
+        let uuid1 = new.inventory.gpus[1].uuid.clone();
+        let events = health_changes(&old, &new);
+        assert_eq!(
+            events,
+            vec![
+                HealthEvent::Xid { gpu_uuid: uuid0.clone(), mig_uuid: None, xid: 48 },
+                HealthEvent::Xid { gpu_uuid: uuid0, mig_uuid: None, xid: 63 },
+                HealthEvent::Lost { gpu_uuid: uuid1.clone() },
+            ]
+        );
+        assert_eq!(
+            health_changes(&new, &old).last(),
+            Some(&HealthEvent::Found { gpu_uuid: uuid1 })
+        );
+        assert!(health_changes(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn lost_gpus_report_no_telemetry() {
+        let backend = MockBackend::from_text(
+            "gpus: [{model: X, memoryMiB: 10, lost: true}, {model: X, memoryMiB: 10}]",
+        )
+        .unwrap();
+        let inventory = backend.inventory().unwrap();
+        let t = backend.telemetry(&inventory);
+        assert!(!t.contains_key(&inventory.gpus[0].uuid));
+        assert!(t.contains_key(&inventory.gpus[1].uuid));
+        assert_eq!(backend.lost_gpus(), vec![inventory.gpus[0].uuid.clone()]);
     }
 }

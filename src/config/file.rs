@@ -1,0 +1,155 @@
+//! The config file as written: NVIDIA's `version: v1` schema (every field it defines is accepted)
+//! plus our extensions. Unknown fields are rejected. Values whose shape varies (`devices`,
+//! `deviceListStrategy`, durations) are kept raw here and checked in `validate`, so that every
+//! error can name its field path and all of them are reported at once.
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use super::ConfigError;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConfigFile {
+    pub version: Option<String>,
+    #[serde(default)]
+    pub flags: Flags,
+    #[serde(default)]
+    pub resources: NamedResources,
+    #[serde(default)]
+    pub sharing: Sharing,
+    #[serde(default)]
+    pub imex: Option<Value>,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub strategy: Strategy,
+}
+
+/// `flags:` (NVIDIA's command-line flags, settable from the file).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Flags {
+    pub mig_strategy: Option<String>,
+    pub fail_on_init_error: Option<bool>,
+    pub mps_root: Option<String>,
+    pub nvidia_driver_root: Option<String>,
+    pub nvidia_dev_root: Option<String>,
+    pub gds_enabled: Option<bool>,
+    pub mofed_enabled: Option<bool>,
+    #[serde(rename = "useNodeFeatureAPI")]
+    pub use_node_feature_api: Option<bool>,
+    pub device_discovery_strategy: Option<String>,
+    pub plugin: Option<PluginFlags>,
+    pub gfd: Option<Value>,
+}
+
+/// `flags.plugin:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginFlags {
+    pub pass_device_specs: Option<bool>,
+    pub device_list_strategy: Option<Value>,
+    #[serde(rename = "deviceIDStrategy")]
+    pub device_id_strategy: Option<String>,
+    pub cdi_annotation_prefix: Option<String>,
+    #[serde(rename = "nvidiaCTKPath")]
+    pub nvidia_ctk_path: Option<String>,
+    pub container_driver_root: Option<String>,
+}
+
+/// `resources:` (NVIDIA's pattern-based renaming of whole GPUs and MIG devices).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedResources {
+    #[serde(default)]
+    pub gpus: Vec<Value>,
+    #[serde(default)]
+    pub mig: Vec<Value>,
+}
+
+/// `sharing:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Sharing {
+    #[serde(default)]
+    pub time_slicing: TimeSlicing,
+    pub mps: Option<TimeSlicing>,
+    #[serde(default)]
+    pub vgpu: Vgpu,
+    /// Extension: `spread` (default) or `packed`.
+    pub placement: Option<String>,
+}
+
+/// `sharing.timeSlicing:` (and the same shape for `sharing.mps:`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TimeSlicing {
+    #[serde(default)]
+    pub rename_by_default: bool,
+    #[serde(default)]
+    pub fail_requests_greater_than_one: bool,
+    #[serde(default)]
+    pub resources: Vec<ReplicatedResource>,
+}
+
+/// `sharing.timeSlicing.resources[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicatedResource {
+    pub name: String,
+    pub rename: Option<String>,
+    pub devices: Option<Value>,
+    pub replicas: i64,
+}
+
+/// `sharing.vgpu:` (extension).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vgpu {
+    #[serde(default)]
+    pub resources: Vec<VgpuResource>,
+}
+
+/// `sharing.vgpu.resources[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VgpuResource {
+    pub name: String,
+    pub rename: Option<String>,
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: i64,
+    pub compute_percent: Option<i64>,
+    pub devices: Option<Value>,
+}
+
+/// `health:` (extension).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Health {
+    pub ignored_xids: Option<Vec<i64>>,
+    pub recover_after: Option<Value>,
+}
+
+/// `strategy:` (extension).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Strategy {
+    #[serde(rename = "trainingExclusiveAboveGiB")]
+    pub training_exclusive_above_gib: Option<f64>,
+    #[serde(rename = "inferenceSharedBelowGiB")]
+    pub inference_shared_below_gib: Option<f64>,
+    #[serde(rename = "migRangeGiB")]
+    pub mig_range_gib: Option<Vec<f64>>,
+}
+
+/// A YAML syntax or shape error, with the field path serde_yaml_ng puts first.
+pub fn yaml_error(error: &serde_yaml_ng::Error) -> ConfigError {
+    let text = error.to_string();
+    match text.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') && !path.is_empty() => {
+            ConfigError::new(path, message)
+        }
+        _ => ConfigError::new("config", text),
+    }
+}

@@ -1,0 +1,371 @@
+//! The sharing / plugin config (SPEC.md section 3): NVIDIA's `version: v1` schema plus our
+//! `sharing.vgpu`, `health` and `strategy` extensions.
+//!
+//! [`file`] is the YAML as written (serde, unknown fields rejected); [`parse`] validates it into a
+//! [`Config`], collecting every error with its field path; [`Overrides`] are the flag / env values
+//! that win over the file (precedence: flag > env > file > default).
+
+mod file;
+mod validate;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One problem in a config, with the field path it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Field path, e.g. `sharing.timeSlicing.resources[0].replicas`.
+    pub path: String,
+    /// What is wrong, with the value found, e.g. `must be >= 2, got 1`.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A config that could not be loaded: every error, for printing all at once.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: String,
+        errors: Vec<ConfigError>,
+    },
+}
+
+/// How MIG devices are advertised (`flags.migStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MigStrategy {
+    /// MIG GPUs are advertised whole, as `nvidia.com/gpu`.
+    #[default]
+    None,
+    /// Every MIG device is an `nvidia.com/gpu`; all MIG GPUs must use one profile.
+    Single,
+    /// One `nvidia.com/mig-<profile>` resource per profile.
+    Mixed,
+}
+
+impl MigStrategy {
+    /// Name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigStrategy::None => "none",
+            MigStrategy::Single => "single",
+            MigStrategy::Mixed => "mixed",
+        }
+    }
+}
+
+/// How allocated devices are passed to the container runtime (`flags.plugin.deviceListStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceListStrategy {
+    /// `NVIDIA_VISIBLE_DEVICES=<ids>`.
+    Envvar,
+    /// Mounts under `/var/run/nvidia-container-devices/<id>`.
+    VolumeMounts,
+    /// `cdi.k8s.io/…` annotations naming CDI devices.
+    CdiAnnotations,
+    /// The CRI `cdi_devices` field.
+    CdiCri,
+}
+
+impl DeviceListStrategy {
+    /// Name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceListStrategy::Envvar => "envvar",
+            DeviceListStrategy::VolumeMounts => "volume-mounts",
+            DeviceListStrategy::CdiAnnotations => "cdi-annotations",
+            DeviceListStrategy::CdiCri => "cdi-cri",
+        }
+    }
+
+    /// True for the strategies that need a CDI spec on disk.
+    pub fn uses_cdi(self) -> bool {
+        matches!(self, DeviceListStrategy::CdiAnnotations | DeviceListStrategy::CdiCri)
+    }
+}
+
+/// How devices are named in `NVIDIA_VISIBLE_DEVICES` and advertised IDs (`deviceIDStrategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceIdStrategy {
+    #[default]
+    Uuid,
+    Index,
+}
+
+/// Which physical GPUs a sharing entry applies to (`devices:`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DeviceSelector {
+    /// Every GPU (or MIG device) the resource would otherwise advertise.
+    #[default]
+    All,
+    /// The first `n` of them, in index order.
+    Count(u32),
+    /// These GPUs / MIG devices.
+    List(Vec<DeviceRef>),
+}
+
+/// One entry of an explicit `devices:` list.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum DeviceRef {
+    /// GPU index.
+    Index(u32),
+    /// MIG device `<gpu index>:<mig index>`.
+    MigIndex(u32, u32),
+    /// `GPU-…` or `MIG-…`.
+    Uuid(String),
+}
+
+impl std::fmt::Display for DeviceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceRef::Index(i) => write!(f, "{i}"),
+            DeviceRef::MigIndex(g, m) => write!(f, "{g}:{m}"),
+            DeviceRef::Uuid(u) => f.write_str(u),
+        }
+    }
+}
+
+/// A time-slicing entry: advertise `replicas` copies of each selected device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeSlicingRule {
+    /// Resource the devices come from: `nvidia.com/gpu` or `nvidia.com/mig-<profile>`.
+    pub name: String,
+    /// Resource name to advertise the replicas under (None = `name`, or `<name>.shared` when
+    /// `renameByDefault`).
+    pub rename: Option<String>,
+    pub replicas: u32,
+    pub devices: DeviceSelector,
+}
+
+/// A vGPU entry: cut each selected GPU into fixed memory slices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VgpuRule {
+    /// Resource the GPUs come from (`nvidia.com/gpu`).
+    pub name: String,
+    /// Resource name of the slices (None = `<name>.vgpu`).
+    pub rename: Option<String>,
+    /// Slice size.
+    pub memory_mib: u64,
+    /// SM share handed to the container (`CUDA_DEVICE_SM_LIMIT`), 1..=100.
+    pub compute_percent: Option<u32>,
+    pub devices: DeviceSelector,
+}
+
+/// How shared devices (replicas, vGPU slices) are picked for a multi-device request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedPlacement {
+    /// Spread over as many physical GPUs as possible (the default: least contention).
+    #[default]
+    Spread,
+    /// Pack onto as few physical GPUs as possible (leaves whole GPUs free).
+    Packed,
+}
+
+/// Plugin flags (`flags.plugin`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginSettings {
+    pub device_list_strategies: Vec<DeviceListStrategy>,
+    pub device_id_strategy: DeviceIdStrategy,
+    pub pass_device_specs: bool,
+    /// Prefix of CDI annotation keys (default `cdi.k8s.io/`).
+    pub cdi_annotation_prefix: String,
+    /// Root of the driver installation on the host (default `/`).
+    pub nvidia_driver_root: String,
+    /// Root under which `/dev/nvidia*` exist on the host (default: the driver root).
+    pub nvidia_dev_root: String,
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        Self {
+            device_list_strategies: vec![DeviceListStrategy::Envvar],
+            device_id_strategy: DeviceIdStrategy::Uuid,
+            pass_device_specs: false,
+            cdi_annotation_prefix: "cdi.k8s.io/".into(),
+            nvidia_driver_root: "/".into(),
+            nvidia_dev_root: "/".into(),
+        }
+    }
+}
+
+/// Time-slicing settings (`sharing.timeSlicing`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeSlicing {
+    pub rename_by_default: bool,
+    pub fail_requests_greater_than_one: bool,
+    pub resources: Vec<TimeSlicingRule>,
+}
+
+/// Health settings (`health:`, extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSettings {
+    /// XIDs that do not make a device unhealthy (application errors, not hardware faults).
+    pub ignored_xids: BTreeSet<u64>,
+    /// A device is Healthy again after this long without a new XID; zero = never.
+    #[serde(serialize_with = "serialize_duration")]
+    pub recover_after: Duration,
+}
+
+/// XIDs NVIDIA's plugin ignores by default: application faults, not GPU faults.
+pub const DEFAULT_IGNORED_XIDS: [u64; 6] = [13, 31, 43, 45, 68, 109];
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            ignored_xids: DEFAULT_IGNORED_XIDS.into_iter().collect(),
+            recover_after: Duration::ZERO,
+        }
+    }
+}
+
+/// Workload → strategy thresholds (`strategy:`, extension; SPEC.md section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StrategyThresholds {
+    pub training_exclusive_above_gib: f64,
+    pub inference_shared_below_gib: f64,
+    pub mig_range_gib: [f64; 2],
+}
+
+impl Default for StrategyThresholds {
+    fn default() -> Self {
+        Self {
+            training_exclusive_above_gib: 16.0,
+            inference_shared_below_gib: 4.0,
+            mig_range_gib: [4.0, 20.0],
+        }
+    }
+}
+
+/// A validated config: everything the agent needs, defaults filled in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    pub mig_strategy: MigStrategy,
+    pub fail_on_init_error: bool,
+    pub plugin: PluginSettings,
+    pub time_slicing: TimeSlicing,
+    pub vgpu: Vec<VgpuRule>,
+    pub shared_placement: SharedPlacement,
+    pub health: HealthSettings,
+    pub strategy: StrategyThresholds,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mig_strategy: MigStrategy::None,
+            fail_on_init_error: true,
+            plugin: PluginSettings::default(),
+            time_slicing: TimeSlicing::default(),
+            vgpu: Vec::new(),
+            shared_placement: SharedPlacement::Spread,
+            health: HealthSettings::default(),
+            strategy: StrategyThresholds::default(),
+        }
+    }
+}
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::units::format_duration(*d))
+}
+
+/// Values from flags or environment variables; `Some` wins over the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub mig_strategy: Option<MigStrategy>,
+    pub fail_on_init_error: Option<bool>,
+    pub device_list_strategies: Option<Vec<DeviceListStrategy>>,
+    pub device_id_strategy: Option<DeviceIdStrategy>,
+    pub pass_device_specs: Option<bool>,
+}
+
+impl Config {
+    /// Apply flag / env overrides.
+    pub fn with_overrides(mut self, o: &Overrides) -> Self {
+        if let Some(v) = o.mig_strategy {
+            self.mig_strategy = v;
+        }
+        if let Some(v) = o.fail_on_init_error {
+            self.fail_on_init_error = v;
+        }
+        if let Some(v) = &o.device_list_strategies {
+            self.plugin.device_list_strategies = v.clone();
+        }
+        if let Some(v) = o.device_id_strategy {
+            self.plugin.device_id_strategy = v;
+        }
+        if let Some(v) = o.pass_device_specs {
+            self.plugin.pass_device_specs = v;
+        }
+        self
+    }
+
+    /// One-line summary for `check-config` and logs.
+    pub fn summary(&self) -> String {
+        let strategies: Vec<&str> = self
+            .plugin
+            .device_list_strategies
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        format!(
+            "migStrategy={}, deviceListStrategy={}, timeSlicing={} resource(s), vgpu={} resource(s), recoverAfter={}",
+            self.mig_strategy.as_str(),
+            strategies.join("+"),
+            self.time_slicing.resources.len(),
+            self.vgpu.len(),
+            crate::units::format_duration(self.health.recover_after),
+        )
+    }
+}
+
+/// Parse and validate config text. On failure every error found is returned.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    let raw: file::ConfigFile = if text.trim().is_empty() {
+        file::ConfigFile::default()
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| vec![file::yaml_error(&e)])?
+    };
+    validate::validate(raw)
+}
+
+/// Read and validate the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text).map_err(|errors| LoadError::Invalid {
+        path: path.display().to_string(),
+        errors,
+    })
+}
