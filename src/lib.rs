@@ -5,6 +5,13 @@
 //! See README.md, "Architecture".
 
 pub mod gpu;
+pub mod health;
+pub mod plugin;
+pub mod preferred;
+pub mod resources;
+pub mod snapshot;
+pub mod sync;
+pub mod allocate;
 pub mod config;
 pub mod proto;
 pub mod units;

@@ -3,6 +3,10 @@
 //! `deviceListStrategy`, durations) are kept raw here and checked in `validate`, so that every
 //! error can name its field path and all of them are reported at once.
 
+// Fields NVIDIA's schema defines but gpu-agent has no use for (mpsRoot, gfd, imex, …) are parsed so
+// that an NVIDIA config is accepted unchanged, and otherwise ignored.
+#![allow(dead_code)]
+
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 

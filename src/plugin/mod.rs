@@ -1,0 +1,12 @@
+//! The kubelet shell: one DevicePlugin gRPC server per resource, registration, restarts.
+
+pub mod kubelet_watch;
+pub mod lifecycle;
+pub mod manager;
+pub mod registration;
+pub mod server;
+pub mod status;
+pub mod uds;
+
+pub use lifecycle::PluginContext;
+pub use status::{PluginStatus, StatusBoard};

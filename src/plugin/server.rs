@@ -1,0 +1,219 @@
+//! The DevicePlugin gRPC service for one resource. Handlers read the latest [`Snapshot`]; none
+//! of them touches hardware.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::status::StatusBoard;
+use crate::allocate;
+use crate::preferred;
+use crate::proto::v1beta1::{
+    self, device_plugin_server::DevicePlugin, AllocateRequest, AllocateResponse,
+    ContainerPreferredAllocationResponse, DevicePluginOptions, Empty, ListAndWatchResponse,
+    NumaNode, PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
+    PreferredAllocationResponse, TopologyInfo,
+};
+use crate::resources::Resource;
+use crate::snapshot::Snapshot;
+
+/// Options sent at registration and by GetDevicePluginOptions.
+pub fn options() -> DevicePluginOptions {
+    DevicePluginOptions {
+        pre_start_required: false,
+        get_preferred_allocation_available: true,
+    }
+}
+
+/// The kubelet's view of `resource` in `snapshot`: IDs, health, NUMA node. Empty when the
+/// resource is gone (it is being removed).
+pub fn device_list(resource: Option<&Resource>) -> Vec<v1beta1::Device> {
+    let Some(resource) = resource else {
+        return Vec::new();
+    };
+    resource
+        .devices
+        .iter()
+        .map(|d| v1beta1::Device {
+            id: d.id.clone(),
+            health: d.health.as_str().to_string(),
+            topology: d.numa_node.map(|n| TopologyInfo {
+                nodes: vec![NumaNode { id: i64::from(n) }],
+            }),
+        })
+        .collect()
+}
+
+/// Signals from the streams to the plugin's supervisor.
+#[derive(Debug, Clone)]
+pub struct StreamEvents {
+    /// Registration generation; bumped before each Register call.
+    pub generation: Arc<AtomicU64>,
+    /// A stream of the current generation was dropped by the kubelet.
+    pub dropped: mpsc::Sender<u64>,
+}
+
+/// DevicePlugin service of one resource.
+pub struct PluginService {
+    resource: String,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    status: StatusBoard,
+    /// Flips to true when the server is being stopped: open streams end.
+    stopping: watch::Receiver<bool>,
+    events: StreamEvents,
+}
+
+impl PluginService {
+    pub fn new(
+        resource: String,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        status: StatusBoard,
+        stopping: watch::Receiver<bool>,
+        events: StreamEvents,
+    ) -> Self {
+        Self {
+            resource,
+            snapshots,
+            status,
+            stopping,
+            events,
+        }
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+}
+
+type ListAndWatchStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DevicePlugin for PluginService {
+    async fn get_device_plugin_options(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<DevicePluginOptions>, Status> {
+        Ok(Response::new(options()))
+    }
+
+    type ListAndWatchStream = ListAndWatchStream;
+
+    async fn list_and_watch(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListAndWatchStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let mut snapshots = self.snapshots.clone();
+        let mut stopping = self.stopping.clone();
+        let resource = self.resource.clone();
+        let status = self.status.clone();
+        let events = self.events.clone();
+        let generation = events.generation.load(Ordering::SeqCst);
+        status.stream_opened(&resource);
+        tracing::info!(resource = %resource, generation, "ListAndWatch stream opened");
+        tokio::spawn(async move {
+            snapshots.mark_changed();
+            let mut last_sent: Option<Vec<v1beta1::Device>> = None;
+            let dropped_by_kubelet = loop {
+                tokio::select! {
+                    biased;
+                    _ = crate::sync::until_true(&mut stopping) => break false,
+                    _ = tx.closed() => break true,
+                    changed = snapshots.changed() => {
+                        if changed.is_err() {
+                            break false;
+                        }
+                        let devices = {
+                            let snapshot = snapshots.borrow_and_update();
+                            device_list(snapshot.resources.get(&resource))
+                        };
+                        if last_sent.as_ref() == Some(&devices) {
+                            continue;
+                        }
+                        let unhealthy = devices.iter().filter(|d| d.health != v1beta1::HEALTHY).count();
+                        tracing::debug!(resource = %resource, devices = devices.len(), unhealthy, "ListAndWatch update");
+                        let response = ListAndWatchResponse { devices: devices.clone() };
+                        if tx.send(Ok(response)).await.is_err() {
+                            break true;
+                        }
+                        last_sent = Some(devices);
+                    }
+                }
+            };
+            status.stream_closed(&resource);
+            tracing::info!(resource = %resource, generation, dropped_by_kubelet, "ListAndWatch stream closed");
+            if dropped_by_kubelet {
+                let _ = events.dropped.try_send(generation);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_preferred_allocation(
+        &self,
+        request: Request<PreferredAllocationRequest>,
+    ) -> Result<Response<PreferredAllocationResponse>, Status> {
+        let snapshot = self.current();
+        let resource = snapshot
+            .resources
+            .get(&self.resource)
+            .ok_or_else(|| Status::unavailable(format!("resource {} is not advertised any more", self.resource)))?;
+        let container_responses = request
+            .into_inner()
+            .container_requests
+            .iter()
+            .map(|r| {
+                let size = usize::try_from(r.allocation_size).unwrap_or(0);
+                ContainerPreferredAllocationResponse {
+                    device_i_ds: preferred::choose(
+                        resource,
+                        &snapshot.inventory,
+                        &r.available_device_i_ds,
+                        &r.must_include_device_i_ds,
+                        size,
+                    ),
+                }
+            })
+            .collect();
+        Ok(Response::new(PreferredAllocationResponse { container_responses }))
+    }
+
+    async fn allocate(
+        &self,
+        request: Request<AllocateRequest>,
+    ) -> Result<Response<AllocateResponse>, Status> {
+        let snapshot = self.current();
+        let resource = snapshot
+            .resources
+            .get(&self.resource)
+            .ok_or_else(|| Status::unavailable(format!("resource {} is not advertised any more", self.resource)))?;
+        let mut container_responses = Vec::new();
+        for container in request.into_inner().container_requests {
+            match allocate::container_response(resource, &container.devices_ids, &snapshot.config.plugin) {
+                Ok(response) => {
+                    self.status.allocation(&self.resource, true);
+                    tracing::info!(resource = %self.resource, devices = ?container.devices_ids, "allocated");
+                    container_responses.push(response);
+                }
+                Err(error) => {
+                    self.status.allocation(&self.resource, false);
+                    tracing::warn!(resource = %self.resource, devices = ?container.devices_ids, %error, "allocation refused");
+                    return Err(Status::invalid_argument(error.to_string()));
+                }
+            }
+        }
+        Ok(Response::new(AllocateResponse { container_responses }))
+    }
+
+    async fn pre_start_container(
+        &self,
+        _request: Request<PreStartContainerRequest>,
+    ) -> Result<Response<PreStartContainerResponse>, Status> {
+        Ok(Response::new(PreStartContainerResponse {}))
+    }
+}

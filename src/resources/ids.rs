@@ -1,0 +1,45 @@
+//! Device IDs as the kubelet sees them. The one place they are built and parsed.
+//!
+//! - whole GPU: its UUID, or its index with `deviceIDStrategy: index`;
+//! - MIG device: its UUID, or `<gpu index>:<mig index>`;
+//! - time-sliced replica: `<id>::<n>` (n 0-based);
+//! - vGPU slice: `<id>::vgpu<n>`.
+
+/// Separator between an underlying ID and a replica / slice number.
+pub const SEPARATOR: &str = "::";
+
+/// ID of replica `n` of the device `base`.
+pub fn replica(base: &str, n: u32) -> String {
+    format!("{base}{SEPARATOR}{n}")
+}
+
+/// ID of vGPU slice `n` of the GPU `base`.
+pub fn vgpu_slice(base: &str, n: u32) -> String {
+    format!("{base}{SEPARATOR}vgpu{n}")
+}
+
+/// ID of a MIG device under the index strategy.
+pub fn mig_index(gpu_index: u32, mig_index: u32) -> String {
+    format!("{gpu_index}:{mig_index}")
+}
+
+/// The underlying device ID of an advertised ID (strips `::<n>` / `::vgpu<n>`).
+pub fn base(id: &str) -> &str {
+    id.split_once(SEPARATOR).map_or(id, |(base, _)| base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        assert_eq!(replica("GPU-1", 3), "GPU-1::3");
+        assert_eq!(vgpu_slice("GPU-1", 0), "GPU-1::vgpu0");
+        assert_eq!(mig_index(2, 1), "2:1");
+        assert_eq!(base("GPU-1::3"), "GPU-1");
+        assert_eq!(base("GPU-1::vgpu7"), "GPU-1");
+        assert_eq!(base("MIG-9"), "MIG-9");
+        assert_eq!(base("0:1::2"), "0:1");
+    }
+}

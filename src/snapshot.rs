@@ -1,0 +1,39 @@
+//! The agent's current view: inventory, config, health and the resources built from them.
+//! Published on a `tokio::sync::watch` channel; every RPC handler, the HTTP side and the label
+//! writer read the latest one and never block on hardware.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::gpu::Inventory;
+use crate::health::HealthState;
+use crate::resources::{self, BuildError, ResourceSet};
+
+/// One consistent view of the node.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub inventory: Arc<Inventory>,
+    pub config: Arc<Config>,
+    pub health: Arc<HealthState>,
+    pub resources: Arc<ResourceSet>,
+    /// Problems tolerated while building (e.g. MIG with `failOnInitError: false`).
+    pub warnings: Arc<Vec<String>>,
+}
+
+impl Snapshot {
+    /// Build the resources for these inputs.
+    pub fn build(
+        inventory: Arc<Inventory>,
+        config: Arc<Config>,
+        health: Arc<HealthState>,
+    ) -> Result<Self, Vec<BuildError>> {
+        let built = resources::build(&inventory, &config, &health)?;
+        Ok(Self {
+            inventory,
+            config,
+            health,
+            resources: Arc::new(built.resources),
+            warnings: Arc::new(built.warnings),
+        })
+    }
+}
