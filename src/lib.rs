@@ -4,14 +4,18 @@
 //! allocation, config validation) wrapped by thin I/O shells (gRPC servers, NVML, HTTP, files).
 //! See README.md, "Architecture".
 
+pub mod agent;
+pub mod allocate;
+pub mod cli;
+pub mod commands;
+pub mod config;
 pub mod gpu;
 pub mod health;
+pub mod logging;
 pub mod plugin;
 pub mod preferred;
+pub mod proto;
 pub mod resources;
 pub mod snapshot;
 pub mod sync;
-pub mod allocate;
-pub mod config;
-pub mod proto;
 pub mod units;

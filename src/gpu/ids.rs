@@ -10,10 +10,18 @@ fn fnv1a(seed: u64, data: &[u8]) -> u64 {
     hash
 }
 
+/// splitmix64's finaliser: spreads small input differences over every output bit, so that
+/// neighbouring indexes give UUIDs that do not look alike.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A UUID-shaped string `<prefix>-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` derived from `key`.
 pub fn deterministic_uuid(prefix: &str, key: &str) -> String {
-    let hi = fnv1a(0x5bd1_e995, key.as_bytes());
-    let lo = fnv1a(0x9e37_79b9_7f4a_7c15, key.as_bytes());
+    let hi = mix(fnv1a(0x5bd1_e995, key.as_bytes()));
+    let lo = mix(fnv1a(0x9e37_79b9_7f4a_7c15, key.as_bytes()));
     let hex = format!("{hi:016x}{lo:016x}");
     format!(
         "{prefix}-{}-{}-{}-{}-{}",

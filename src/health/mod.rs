@@ -3,9 +3,14 @@
 //! [`HealthState`] is the pure value the resource builder reads; the policy that turns backend
 //! events into it (ignored XIDs, recovery, fan-out) lives beside it.
 
+pub mod policy;
+pub mod watcher;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+pub use policy::{HealthPolicy, HealthTracker};
 
 /// Why a device is unhealthy, for logs and `list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

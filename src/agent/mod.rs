@@ -1,0 +1,175 @@
+//! `gpu-agent run`: wires the backend, health, config, snapshot and plugin tasks together.
+//!
+//! ```text
+//! backend ──inventory──┐
+//! config file ─config──┼─► assemble ─► Snapshot (watch) ─► plugin manager ─► one server per resource
+//! backend ─events─► health ┘                          └─► HTTP, labels
+//! ```
+
+mod assemble;
+mod config_watch;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+use crate::cli::RunArgs;
+use crate::commands::{build_failure, load_config, node_name, open_backend, Fatal};
+use crate::gpu::backend::BackendEvents;
+use crate::health::watcher::{self, XidCounts, EVENT_CHANNEL_CAPACITY};
+use crate::health::{HealthPolicy, HealthTracker};
+use crate::plugin::{kubelet_watch, manager, PluginContext, StatusBoard};
+use crate::proto::v1beta1::KUBELET_SOCKET;
+use crate::snapshot::Snapshot;
+
+/// Agent-wide counters.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Config changes applied.
+    pub config_reloads: AtomicU64,
+    /// Config changes rejected (invalid, unreadable, or not buildable on this node).
+    pub config_reload_failures: AtomicU64,
+}
+
+/// Shared handles the HTTP side and tests read.
+#[derive(Clone)]
+pub struct Handles {
+    pub node: String,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub status: StatusBoard,
+    pub stats: Arc<AgentStats>,
+    pub xid_counts: XidCounts,
+}
+
+/// Run the agent until SIGTERM / SIGINT.
+pub async fn run(args: RunArgs) -> Result<(), Fatal> {
+    let config = load_config(&args.inventory)?;
+    let backend = open_backend(&args.inventory, &config)?;
+    let inventory = backend
+        .inventory()
+        .map_err(|e| Fatal::Other(e.to_string()))?;
+    let node = node_name(args.inventory.node_name.as_deref(), &inventory);
+
+    let health_env = (
+        std::env::var("DP_DISABLE_HEALTHCHECKS").ok(),
+        std::env::var("DP_ENABLE_HEALTHCHECKS").ok(),
+    );
+    let policy = HealthPolicy::new(&config.health, health_env.0.as_deref(), health_env.1.as_deref());
+    let tracker = HealthTracker::new(policy.clone()).with_lost(backend.lost_gpus());
+
+    let inventory = Arc::new(inventory);
+    let config = Arc::new(config);
+    let health = Arc::new(tracker.state());
+    let snapshot = Snapshot::build(inventory.clone(), config.clone(), health.clone())
+        .map_err(build_failure)?;
+    for warning in snapshot.warnings.iter() {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        node = %node,
+        backend = backend.name(),
+        gpus = inventory.gpus.len(),
+        resources = ?snapshot.resources.names().collect::<Vec<_>>(),
+        config = %config.summary(),
+        "starting"
+    );
+    if snapshot.resources.is_empty() {
+        tracing::warn!("no GPU resources to advertise on this node");
+    }
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (inventory_tx, inventory_rx) = watch::channel(inventory);
+    let (config_tx, config_rx) = watch::channel(config);
+    let (health_tx, health_rx) = watch::channel(health);
+    let (snapshot_tx, snapshots) = watch::channel(Arc::new(snapshot));
+    let (policy_tx, policy_rx) = watch::channel(policy);
+    let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+    let stats = Arc::new(AgentStats::default());
+    let status = StatusBoard::default();
+    let xid_counts = XidCounts::default();
+
+    backend
+        .clone()
+        .watch(BackendEvents {
+            inventory: inventory_tx.clone(),
+            health: event_tx.clone(),
+        })
+        .map_err(|e| Fatal::Other(e.to_string()))?;
+    tokio::spawn(watcher::run(tracker, event_rx, policy_rx, health_tx, xid_counts.clone()));
+
+    let (hup_tx, hup_rx) = mpsc::channel(1);
+    if let Some(path) = args.inventory.config_path() {
+        tokio::spawn(config_watch::run(
+            path.clone(),
+            args.inventory.overrides(),
+            hup_rx,
+            config_tx,
+            stats.clone(),
+            shutdown.clone(),
+        ));
+    } else {
+        // No file: SIGHUP has nothing to re-read, and the config stays the defaults.
+        tokio::spawn(async move {
+            let _keep = (config_tx, hup_rx);
+            std::future::pending::<()>().await
+        });
+    }
+    tokio::spawn(assemble::run(
+        assemble::Inputs {
+            inventory: inventory_rx,
+            config: config_rx,
+            health: health_rx,
+        },
+        snapshot_tx,
+        policy_tx,
+        health_env,
+        stats.clone(),
+        shutdown.clone(),
+    ));
+
+    let kubelet = kubelet_watch::spawn(args.device_plugin_dir.join(KUBELET_SOCKET));
+    let ctx = PluginContext {
+        dir: args.device_plugin_dir.clone(),
+        snapshots: snapshots.clone(),
+        kubelet,
+        status: status.clone(),
+    };
+    let handles = Handles {
+        node,
+        snapshots,
+        status,
+        stats,
+        xid_counts,
+    };
+    let _ = &handles;
+    let plugins = tokio::spawn(manager::run(ctx, shutdown.clone()));
+
+    wait_for_termination(hup_tx).await?;
+    tracing::info!("shutting down: stopping plugins and removing their sockets");
+    let _ = shutdown_tx.send(true);
+    drop(event_tx);
+    drop(inventory_tx);
+    let _ = plugins.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Wait for SIGTERM or SIGINT; forward SIGHUP as a config re-read.
+async fn wait_for_termination(hup: mpsc::Sender<()>) -> Result<(), Fatal> {
+    let install = |kind: SignalKind| signal(kind).map_err(|e| Fatal::Other(format!("cannot install signal handler: {e}")));
+    let mut term = install(SignalKind::terminate())?;
+    let mut int = install(SignalKind::interrupt())?;
+    let mut hangup = install(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "received"); return Ok(()) }
+            _ = int.recv() => { tracing::info!(signal = "SIGINT", "received"); return Ok(()) }
+            _ = hangup.recv() => {
+                tracing::info!(signal = "SIGHUP", "re-reading the config");
+                let _ = hup.try_send(());
+            }
+        }
+    }
+}

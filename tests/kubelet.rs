@@ -1,0 +1,151 @@
+//! The agent as the kubelet sees it: registration, ListAndWatch, Allocate, errors, restarts,
+//! SIGTERM — over real unix sockets, against the real binary on the mock backend.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use gpu_agent::proto::v1beta1::{
+    AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty,
+    PreStartContainerRequest, PreferredAllocationRequest,
+};
+
+const GPU_ENDPOINT: &str = "gpu-agent-nvidia.com_gpu.sock";
+
+#[tokio::test]
+async fn registers_lists_and_allocates_whole_gpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(dir.path(), &[]);
+
+    let reg = kubelet.next_registration().await;
+    assert_eq!(reg.version, "v1beta1");
+    assert_eq!(reg.resource_name, "nvidia.com/gpu");
+    assert_eq!(reg.endpoint, GPU_ENDPOINT);
+    let options = reg.options.expect("options");
+    assert!(options.get_preferred_allocation_available);
+    assert!(!options.pre_start_required);
+
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+    let served = plugin.get_device_plugin_options(Empty {}).await.unwrap().into_inner();
+    assert_eq!(served, options);
+
+    let mut stream = list_and_watch(&mut plugin).await;
+    let first = next_list(&mut stream).await;
+    assert_eq!(first.devices.len(), 8);
+    assert!(first.devices.iter().all(|d| d.health == "Healthy"));
+    assert!(first.devices.iter().all(|d| d.id.starts_with("GPU-")));
+    let numa: Vec<i64> = first
+        .devices
+        .iter()
+        .map(|d| d.topology.as_ref().unwrap().nodes[0].id)
+        .collect();
+    assert_eq!(numa, [0, 0, 0, 0, 1, 1, 1, 1]);
+
+    let ids: Vec<String> = first.devices.iter().map(|d| d.id.clone()).collect();
+    let response = plugin
+        .allocate(AllocateRequest {
+            container_requests: vec![
+                ContainerAllocateRequest { devices_ids: vec![ids[0].clone(), ids[3].clone()] },
+                ContainerAllocateRequest { devices_ids: vec![ids[7].clone()] },
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.container_responses.len(), 2);
+    assert_eq!(
+        response.container_responses[0].envs["NVIDIA_VISIBLE_DEVICES"],
+        format!("{},{}", ids[0], ids[3])
+    );
+    assert_eq!(response.container_responses[1].envs["NVIDIA_VISIBLE_DEVICES"], ids[7]);
+
+    let preferred = plugin
+        .get_preferred_allocation(PreferredAllocationRequest {
+            container_requests: vec![ContainerPreferredAllocationRequest {
+                available_device_i_ds: ids.clone(),
+                must_include_device_i_ds: vec![ids[5].clone()],
+                allocation_size: 2,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let chosen = &preferred.container_responses[0].device_i_ds;
+    assert_eq!(chosen.len(), 2);
+    assert!(chosen.contains(&ids[5]));
+    assert!(chosen.iter().all(|id| ids.contains(id)));
+
+    plugin
+        .pre_start_container(PreStartContainerRequest { devices_ids: vec![ids[0].clone()] })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unknown_device_ids_are_invalid_argument_naming_the_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(dir.path(), &[]);
+    let reg = kubelet.next_registration().await;
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+
+    let status = plugin
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["GPU-nope".into()] }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("GPU-nope"), "{}", status.message());
+
+    // The server is still there afterwards.
+    plugin.get_device_plugin_options(Empty {}).await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_removes_the_socket_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut agent = Agent::spawn(dir.path(), &[]);
+    let reg = kubelet.next_registration().await;
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+    let mut stream = list_and_watch(&mut plugin).await;
+    next_list(&mut stream).await;
+    let socket = dir.path().join(GPU_ENDPOINT);
+    assert!(socket.exists());
+
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait_exit(WAIT).expect("agent did not exit after SIGTERM");
+    assert_eq!(status.code(), Some(0), "logs:\n{}", agent.logs());
+    assert!(!socket.exists(), "plugin socket left behind");
+}
+
+#[tokio::test]
+async fn waits_for_a_kubelet_that_starts_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = TestKubelet::absent(dir.path());
+    let agent = Agent::spawn(dir.path(), &[]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(kubelet.registration_within(Duration::from_millis(10)).await.is_none());
+    kubelet.serve();
+    let reg = kubelet.next_registration().await;
+    assert_eq!(reg.resource_name, "nvidia.com/gpu");
+    assert!(agent.logs().contains("kubelet not reachable"), "{}", agent.logs());
+}
+
+#[tokio::test]
+async fn re_registers_after_kubelet_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(dir.path(), &[]);
+    kubelet.next_registration().await;
+    for _ in 0..3 {
+        kubelet.restart().await;
+        let reg = kubelet.next_registration().await;
+        let mut plugin = kubelet.plugin(&reg.endpoint).await;
+        let mut stream = list_and_watch(&mut plugin).await;
+        assert_eq!(next_list(&mut stream).await.devices.len(), 8);
+    }
+}
