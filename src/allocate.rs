@@ -34,7 +34,10 @@ pub enum AllocateError {
 }
 
 /// The devices of `resource` named by `ids`, checked for Allocate.
-pub fn resolve<'a>(resource: &'a Resource, ids: &[String]) -> Result<Vec<&'a Device>, AllocateError> {
+pub fn resolve<'a>(
+    resource: &'a Resource,
+    ids: &[String],
+) -> Result<Vec<&'a Device>, AllocateError> {
     if ids.is_empty() {
         return Err(AllocateError::Empty {
             resource: resource.name.clone(),
@@ -42,10 +45,12 @@ pub fn resolve<'a>(resource: &'a Resource, ids: &[String]) -> Result<Vec<&'a Dev
     }
     let mut devices = Vec::with_capacity(ids.len());
     for id in ids {
-        let device = resource.device(id).ok_or_else(|| AllocateError::UnknownDevice {
-            resource: resource.name.clone(),
-            id: id.clone(),
-        })?;
+        let device = resource
+            .device(id)
+            .ok_or_else(|| AllocateError::UnknownDevice {
+                resource: resource.name.clone(),
+                id: id.clone(),
+            })?;
         if device.health != Health::Healthy {
             return Err(AllocateError::UnhealthyDevice {
                 resource: resource.name.clone(),

@@ -85,7 +85,9 @@ impl InventoryArgs {
 
     /// The fixture path, treating an empty value as none.
     pub fn fixture_path(&self) -> Option<&PathBuf> {
-        self.mock_fixture.as_ref().filter(|p| !p.as_os_str().is_empty())
+        self.mock_fixture
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
     }
 }
 
@@ -101,20 +103,44 @@ pub struct RunArgs {
     #[command(flatten)]
     pub inventory: InventoryArgs,
     /// The kubelet's device-plugin directory (holds kubelet.sock and our sockets).
-    #[arg(long, env = "GPU_AGENT_DEVICE_PLUGIN_DIR", default_value = "/var/lib/kubelet/device-plugins", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "GPU_AGENT_DEVICE_PLUGIN_DIR",
+        default_value = "/var/lib/kubelet/device-plugins",
+        value_name = "DIR"
+    )]
     pub device_plugin_dir: PathBuf,
     /// The kubelet pod-resources socket (for attributing devices to pods).
-    #[arg(long, env = "GPU_AGENT_POD_RESOURCES_SOCKET", default_value = "/var/lib/kubelet/pod-resources/kubelet.sock", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "GPU_AGENT_POD_RESOURCES_SOCKET",
+        default_value = "/var/lib/kubelet/pod-resources/kubelet.sock",
+        value_name = "PATH"
+    )]
     pub pod_resources_socket: PathBuf,
     /// Address for /metrics, /healthz and /readyz ("" disables HTTP).
-    #[arg(long, env = "GPU_AGENT_METRICS_ADDR", default_value = "0.0.0.0:9400", value_name = "ADDR")]
+    #[arg(
+        long,
+        env = "GPU_AGENT_METRICS_ADDR",
+        default_value = "0.0.0.0:9400",
+        value_name = "ADDR"
+    )]
     pub metrics_addr: String,
     /// Node Feature Discovery feature file to write labels to ("" disables).
-    #[arg(long, env = "GPU_AGENT_NFD_FEATURES_FILE",
-          default_value = "/etc/kubernetes/node-feature-discovery/features.d/gpu-agent", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "GPU_AGENT_NFD_FEATURES_FILE",
+        default_value = "/etc/kubernetes/node-feature-discovery/features.d/gpu-agent",
+        value_name = "PATH"
+    )]
     pub nfd_features_file: String,
     /// Directory for CDI specs (cdi-annotations / cdi-cri strategies).
-    #[arg(long, env = "GPU_AGENT_CDI_SPEC_DIR", default_value = "/var/run/cdi", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "GPU_AGENT_CDI_SPEC_DIR",
+        default_value = "/var/run/cdi",
+        value_name = "DIR"
+    )]
     pub cdi_spec_dir: PathBuf,
     /// Telemetry sampling interval; scrapes read the cache.
     #[arg(long, env = "GPU_AGENT_COLLECT_INTERVAL", default_value = "10s", value_parser = parse_interval, value_name = "DURATION")]

@@ -26,7 +26,10 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
         return Ok(Duration::ZERO);
     }
     if s.is_empty() {
-        return Err(err(input, "expected a duration such as 10s, 500ms or 1m30s"));
+        return Err(err(
+            input,
+            "expected a duration such as 10s, 500ms or 1m30s",
+        ));
     }
     let mut total_nanos: u128 = 0;
     let mut rest = s;
@@ -60,7 +63,8 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
         }
         total_nanos += nanos as u128;
     }
-    let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err(input, "duration too large"))?;
+    let secs =
+        u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err(input, "duration too large"))?;
     Ok(Duration::new(secs, (total_nanos % 1_000_000_000) as u32))
 }
 
@@ -94,7 +98,10 @@ pub fn format_duration(d: Duration) -> String {
 pub fn parse_quantity(input: &str) -> Result<u64, UnitError> {
     let s = input.trim();
     if s.is_empty() {
-        return Err(err(input, "expected a quantity such as 3Gi, 512Mi, 20G or 4096"));
+        return Err(err(
+            input,
+            "expected a quantity such as 3Gi, 512Mi, 20G or 4096",
+        ));
     }
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -186,7 +193,16 @@ mod tests {
         assert_eq!(parse_quantity("1.5Gi").unwrap(), 3 * GIB / 2);
         assert_eq!(parse_quantity("0.5").unwrap(), 1);
         assert_eq!(parse_quantity(" 1k ").unwrap(), 1000);
-        for bad in ["", "Gi", "-1Gi", "3GB", "1.2.3", "100m", "99999999999999999999Ei", "."] {
+        for bad in [
+            "",
+            "Gi",
+            "-1Gi",
+            "3GB",
+            "1.2.3",
+            "100m",
+            "99999999999999999999Ei",
+            ".",
+        ] {
             assert!(parse_quantity(bad).is_err(), "{bad:?} should fail");
         }
     }

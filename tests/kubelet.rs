@@ -28,7 +28,11 @@ async fn registers_lists_and_allocates_whole_gpus() {
     assert!(!options.pre_start_required);
 
     let mut plugin = kubelet.plugin(&reg.endpoint).await;
-    let served = plugin.get_device_plugin_options(Empty {}).await.unwrap().into_inner();
+    let served = plugin
+        .get_device_plugin_options(Empty {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(served, options);
 
     let mut stream = list_and_watch(&mut plugin).await;
@@ -47,8 +51,12 @@ async fn registers_lists_and_allocates_whole_gpus() {
     let response = plugin
         .allocate(AllocateRequest {
             container_requests: vec![
-                ContainerAllocateRequest { devices_ids: vec![ids[0].clone(), ids[3].clone()] },
-                ContainerAllocateRequest { devices_ids: vec![ids[7].clone()] },
+                ContainerAllocateRequest {
+                    devices_ids: vec![ids[0].clone(), ids[3].clone()],
+                },
+                ContainerAllocateRequest {
+                    devices_ids: vec![ids[7].clone()],
+                },
             ],
         })
         .await
@@ -59,7 +67,10 @@ async fn registers_lists_and_allocates_whole_gpus() {
         response.container_responses[0].envs["NVIDIA_VISIBLE_DEVICES"],
         format!("{},{}", ids[0], ids[3])
     );
-    assert_eq!(response.container_responses[1].envs["NVIDIA_VISIBLE_DEVICES"], ids[7]);
+    assert_eq!(
+        response.container_responses[1].envs["NVIDIA_VISIBLE_DEVICES"],
+        ids[7]
+    );
 
     let preferred = plugin
         .get_preferred_allocation(PreferredAllocationRequest {
@@ -78,7 +89,9 @@ async fn registers_lists_and_allocates_whole_gpus() {
     assert!(chosen.iter().all(|id| ids.contains(id)));
 
     plugin
-        .pre_start_container(PreStartContainerRequest { devices_ids: vec![ids[0].clone()] })
+        .pre_start_container(PreStartContainerRequest {
+            devices_ids: vec![ids[0].clone()],
+        })
         .await
         .unwrap();
 }
@@ -93,12 +106,18 @@ async fn unknown_device_ids_are_invalid_argument_naming_the_id() {
 
     let status = plugin
         .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest { devices_ids: vec!["GPU-nope".into()] }],
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: vec!["GPU-nope".into()],
+            }],
         })
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("GPU-nope"), "{}", status.message());
+    assert!(
+        status.message().contains("GPU-nope"),
+        "{}",
+        status.message()
+    );
 
     // The server is still there afterwards.
     plugin.get_device_plugin_options(Empty {}).await.unwrap();
@@ -117,7 +136,9 @@ async fn sigterm_removes_the_socket_and_exits_zero() {
     assert!(socket.exists());
 
     agent.signal(libc::SIGTERM);
-    let status = agent.wait_exit(WAIT).expect("agent did not exit after SIGTERM");
+    let status = agent
+        .wait_exit(WAIT)
+        .expect("agent did not exit after SIGTERM");
     assert_eq!(status.code(), Some(0), "logs:\n{}", agent.logs());
     assert!(!socket.exists(), "plugin socket left behind");
 }
@@ -128,11 +149,18 @@ async fn waits_for_a_kubelet_that_starts_later() {
     let mut kubelet = TestKubelet::absent(dir.path());
     let agent = Agent::spawn(dir.path(), &[]);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(kubelet.registration_within(Duration::from_millis(10)).await.is_none());
+    assert!(kubelet
+        .registration_within(Duration::from_millis(10))
+        .await
+        .is_none());
     kubelet.serve();
     let reg = kubelet.next_registration().await;
     assert_eq!(reg.resource_name, "nvidia.com/gpu");
-    assert!(agent.logs().contains("kubelet not reachable"), "{}", agent.logs());
+    assert!(
+        agent.logs().contains("kubelet not reachable"),
+        "{}",
+        agent.logs()
+    );
 }
 
 #[tokio::test]

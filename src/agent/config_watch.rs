@@ -50,7 +50,12 @@ pub async fn run(
         last_bytes = Some(bytes.clone());
         let _span = tracing::info_span!("config_reload", path = %path.display(), forced).entered();
         let parsed = String::from_utf8(bytes)
-            .map_err(|e| vec![config::ConfigError::new("config", format!("not UTF-8: {e}"))])
+            .map_err(|e| {
+                vec![config::ConfigError::new(
+                    "config",
+                    format!("not UTF-8: {e}"),
+                )]
+            })
             .and_then(|text| config::parse(&text));
         match parsed {
             Ok(config) => {
@@ -64,7 +69,10 @@ pub async fn run(
             Err(errors) => {
                 stats.config_reload_failures.fetch_add(1, Ordering::Relaxed);
                 let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                tracing::error!(?errors, "invalid config rejected; the last good config stays in force");
+                tracing::error!(
+                    ?errors,
+                    "invalid config rejected; the last good config stays in force"
+                );
             }
         }
     }

@@ -56,7 +56,11 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         std::env::var("DP_DISABLE_HEALTHCHECKS").ok(),
         std::env::var("DP_ENABLE_HEALTHCHECKS").ok(),
     );
-    let policy = HealthPolicy::new(&config.health, health_env.0.as_deref(), health_env.1.as_deref());
+    let policy = HealthPolicy::new(
+        &config.health,
+        health_env.0.as_deref(),
+        health_env.1.as_deref(),
+    );
     let tracker = HealthTracker::new(policy.clone()).with_lost(backend.lost_gpus());
 
     let inventory = Arc::new(inventory);
@@ -97,7 +101,13 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
             health: event_tx.clone(),
         })
         .map_err(|e| Fatal::Other(e.to_string()))?;
-    tokio::spawn(watcher::run(tracker, event_rx, policy_rx, health_tx, xid_counts.clone()));
+    tokio::spawn(watcher::run(
+        tracker,
+        event_rx,
+        policy_rx,
+        health_tx,
+        xid_counts.clone(),
+    ));
 
     let (hup_tx, hup_rx) = mpsc::channel(1);
     if let Some(path) = args.inventory.config_path() {
@@ -158,7 +168,9 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
 
 /// Wait for SIGTERM or SIGINT; forward SIGHUP as a config re-read.
 async fn wait_for_termination(hup: mpsc::Sender<()>) -> Result<(), Fatal> {
-    let install = |kind: SignalKind| signal(kind).map_err(|e| Fatal::Other(format!("cannot install signal handler: {e}")));
+    let install = |kind: SignalKind| {
+        signal(kind).map_err(|e| Fatal::Other(format!("cannot install signal handler: {e}")))
+    };
     let mut term = install(SignalKind::terminate())?;
     let mut int = install(SignalKind::interrupt())?;
     let mut hangup = install(SignalKind::hangup())?;

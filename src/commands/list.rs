@@ -67,7 +67,13 @@ pub struct DeviceEntry {
 pub fn document(view: &NodeView) -> ListDocument {
     let s = &view.snapshot;
     let health = &s.health;
-    let state = |healthy: bool| if healthy { Health::Healthy } else { Health::Unhealthy };
+    let state = |healthy: bool| {
+        if healthy {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        }
+    };
     ListDocument {
         node: view.node.clone(),
         backend: view.backend.name().to_string(),
@@ -181,7 +187,11 @@ fn table(doc: &ListDocument) -> String {
         "NAME", "STRATEGY", "DEVICES", "UNHEALTHY"
     );
     for r in &doc.resources {
-        let unhealthy = r.devices.iter().filter(|d| d.health == Health::Unhealthy).count();
+        let unhealthy = r
+            .devices
+            .iter()
+            .filter(|d| d.health == Health::Unhealthy)
+            .count();
         let ids: Vec<&str> = r.devices.iter().map(|d| d.id.as_str()).collect();
         let shown = if ids.len() > 3 {
             format!("{}, … ({} more)", ids[..3].join(", "), ids.len() - 3)

@@ -100,7 +100,10 @@ impl DeviceListStrategy {
 
     /// True for the strategies that need a CDI spec on disk.
     pub fn uses_cdi(self) -> bool {
-        matches!(self, DeviceListStrategy::CdiAnnotations | DeviceListStrategy::CdiCri)
+        matches!(
+            self,
+            DeviceListStrategy::CdiAnnotations | DeviceListStrategy::CdiCri
+        )
     }
 }
 
@@ -350,11 +353,16 @@ impl Config {
 
 /// Parse and validate config text. On failure every error found is returned.
 pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let raw: file::ConfigFile = if text.trim().is_empty() {
-        file::ConfigFile::default()
-    } else {
-        serde_yaml_ng::from_str(text).map_err(|e| vec![file::yaml_error(&e)])?
-    };
+    // An empty file is almost always a half-written one (a truncated ConfigMap); refusing it keeps
+    // the last good config in force on reload. All defaults are one line: `version: v1`.
+    if text.trim().is_empty() {
+        return Err(vec![ConfigError::new(
+            "config",
+            "the file is empty; write `version: v1` for all defaults",
+        )]);
+    }
+    let raw: file::ConfigFile =
+        serde_yaml_ng::from_str(text).map_err(|e| vec![file::yaml_error(&e)])?;
     validate::validate(raw)
 }
 

@@ -32,7 +32,11 @@ pub fn validate(raw: ConfigFile) -> Result<Config, Vec<ConfigError>> {
     flags(&raw.flags, &mut config, &mut errors);
 
     if !raw.resources.gpus.is_empty() || !raw.resources.mig.is_empty() {
-        let which = if raw.resources.gpus.is_empty() { "resources.mig" } else { "resources.gpus" };
+        let which = if raw.resources.gpus.is_empty() {
+            "resources.mig"
+        } else {
+            "resources.gpus"
+        };
         errors.push(
             which,
             "pattern-based resource renaming is not supported by gpu-agent; rename through \
@@ -144,7 +148,12 @@ pub fn device_list_strategies(value: &Value) -> Result<Vec<DeviceListStrategy>, 
                 other => Err(format!("expected strategy names, got {}", short(other))),
             })
             .collect::<Result<_, _>>()?,
-        other => return Err(format!("expected a strategy name or a list of them, got {}", short(other))),
+        other => {
+            return Err(format!(
+                "expected a strategy name or a list of them, got {}",
+                short(other)
+            ))
+        }
     };
     if names.is_empty() {
         return Err("must name at least one strategy, got []".into());
@@ -210,11 +219,17 @@ fn time_slicing_rule(
     if !sharable_source(&r.name, true) {
         errors.push(
             format!("{path}.name"),
-            format!("must be nvidia.com/gpu or nvidia.com/mig-<profile>, got {:?}", r.name),
+            format!(
+                "must be nvidia.com/gpu or nvidia.com/mig-<profile>, got {:?}",
+                r.name
+            ),
         );
     }
     if r.replicas < 2 {
-        errors.push(format!("{path}.replicas"), format!("must be >= 2, got {}", r.replicas));
+        errors.push(
+            format!("{path}.replicas"),
+            format!("must be >= 2, got {}", r.replicas),
+        );
     } else if r.replicas > MAX_REPLICAS {
         errors.push(
             format!("{path}.replicas"),
@@ -236,11 +251,17 @@ fn vgpu_rule(path: &str, r: &file::VgpuResource, errors: &mut Errors) -> Option<
     if !sharable_source(&r.name, false) {
         errors.push(
             format!("{path}.name"),
-            format!("must be nvidia.com/gpu (vGPU slices are cut from whole GPUs), got {:?}", r.name),
+            format!(
+                "must be nvidia.com/gpu (vGPU slices are cut from whole GPUs), got {:?}",
+                r.name
+            ),
         );
     }
     if r.memory_mib < 1 {
-        errors.push(format!("{path}.memoryMiB"), format!("must be >= 1, got {}", r.memory_mib));
+        errors.push(
+            format!("{path}.memoryMiB"),
+            format!("must be >= 1, got {}", r.memory_mib),
+        );
     }
     if let Some(pct) = r.compute_percent {
         if !(1..=100).contains(&pct) {
@@ -313,7 +334,10 @@ fn selector(path: &str, value: Option<&Value>, errors: &mut Errors) -> Option<De
         Some(other) => {
             errors.push(
                 path,
-                format!("must be all, a count, or a list of indexes / UUIDs, got {}", short(other)),
+                format!(
+                    "must be all, a count, or a list of indexes / UUIDs, got {}",
+                    short(other)
+                ),
             );
             None
         }
@@ -322,7 +346,10 @@ fn selector(path: &str, value: Option<&Value>, errors: &mut Errors) -> Option<De
 
 fn device_ref(value: &Value) -> Option<DeviceRef> {
     match value {
-        Value::Number(n) => n.as_u64().and_then(|i| u32::try_from(i).ok()).map(DeviceRef::Index),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .map(DeviceRef::Index),
         Value::String(s) => {
             if (s.starts_with("GPU-") || s.starts_with("MIG-")) && s.len() > 4 {
                 Some(DeviceRef::Uuid(s.clone()))
@@ -365,7 +392,10 @@ fn sharing_overlaps(raw: &ConfigFile, config: &Config, errors: &mut Errors) {
         });
     }
     for (i, r) in config.vgpu.iter().enumerate() {
-        let advertised = r.rename.clone().unwrap_or_else(|| format!("{}.vgpu", r.name));
+        let advertised = r
+            .rename
+            .clone()
+            .unwrap_or_else(|| format!("{}.vgpu", r.name));
         entries.push(Entry {
             path: format!("sharing.vgpu.resources[{i}]"),
             source: &r.name,
@@ -401,7 +431,9 @@ fn sharing_overlaps(raw: &ConfigFile, config: &Config, errors: &mut Errors) {
     }
     let sources: BTreeSet<&str> = entries.iter().map(|e| e.source).collect();
     for e in &entries {
-        if e.renamed && (sources.contains(e.advertised.as_str()) || e.advertised == "nvidia.com/gpu") {
+        if e.renamed
+            && (sources.contains(e.advertised.as_str()) || e.advertised == "nvidia.com/gpu")
+        {
             errors.push(
                 format!("{}.rename", e.path),
                 format!(
@@ -433,7 +465,11 @@ fn static_overlap(a: &DeviceSelector, b: &DeviceSelector) -> Option<String> {
         (All, _) | (_, All) => Some("devices: all".into()),
         (Count(_), Count(_)) => Some("both take the first devices".into()),
         (List(x), List(y)) => {
-            let common: Vec<String> = x.iter().filter(|r| y.contains(r)).map(ToString::to_string).collect();
+            let common: Vec<String> = x
+                .iter()
+                .filter(|r| y.contains(r))
+                .map(ToString::to_string)
+                .collect();
             (!common.is_empty()).then(|| format!("both list {}", common.join(", ")))
         }
         // A count against a list can only be checked on the node.
@@ -446,7 +482,10 @@ fn health(h: &file::Health, config: &mut Config, errors: &mut Errors) {
         let mut set = BTreeSet::new();
         for (i, &xid) in xids.iter().enumerate() {
             if xid < 0 {
-                errors.push(format!("health.ignoredXids[{i}]"), format!("must be >= 0, got {xid}"));
+                errors.push(
+                    format!("health.ignoredXids[{i}]"),
+                    format!("must be >= 0, got {xid}"),
+                );
             } else {
                 set.insert(xid as u64);
             }
@@ -462,7 +501,10 @@ fn health(h: &file::Health, config: &mut Config, errors: &mut Errors) {
         },
         Some(other) => errors.push(
             "health.recoverAfter",
-            format!("must be a duration such as 0s, 30s or 5m, got {}", short(other)),
+            format!(
+                "must be a duration such as 0s, 30s or 5m, got {}",
+                short(other)
+            ),
         ),
     }
 }
@@ -507,12 +549,17 @@ mod tests {
     use super::*;
 
     fn errors(text: &str) -> Vec<String> {
-        parse(text).unwrap_err().iter().map(ToString::to_string).collect()
+        parse(text)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
     #[test]
     fn empty_and_nvidia_examples_are_accepted() {
-        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("version: v1").unwrap(), Config::default());
+        assert!(parse("  \n").unwrap_err()[0].message.contains("empty"));
         let nvidia = r#"
 version: v1
 flags:
@@ -541,8 +588,12 @@ sharing:
 
     #[test]
     fn replicas_error_names_path_and_value() {
-        let e = errors("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 1}]}}");
-        assert_eq!(e, ["sharing.timeSlicing.resources[0].replicas: must be >= 2, got 1"]);
+        let e =
+            errors("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 1}]}}");
+        assert_eq!(
+            e,
+            ["sharing.timeSlicing.resources[0].replicas: must be >= 2, got 1"]
+        );
     }
 
     #[test]
@@ -587,7 +638,10 @@ strategy: {migRangeGiB: [20, 4]}
     fn subset_without_rename_is_rejected_with_a_suggestion() {
         let e = errors("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, devices: [0]}]}}");
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("sharing.timeSlicing.resources[0].rename: required"), "{e:?}");
+        assert!(
+            e[0].starts_with("sharing.timeSlicing.resources[0].rename: required"),
+            "{e:?}"
+        );
         assert!(e[0].contains("nvidia.com/gpu.shared"), "{e:?}");
         // renameByDefault satisfies it.
         parse("sharing: {timeSlicing: {renameByDefault: true, resources: [{name: nvidia.com/gpu, replicas: 2, devices: 2}]}}")
@@ -608,8 +662,18 @@ sharing:
       - {name: nvidia.com/gpu, memoryMiB: 10240}
 "#,
         );
-        assert!(e.iter().any(|m| m.starts_with("sharing.timeSlicing.resources[1]: selects the same") && m.contains("both list 1")), "{e:#?}");
-        assert!(e.iter().any(|m| m.starts_with("sharing.vgpu.resources[0]: selects the same")), "{e:#?}");
+        assert!(
+            e.iter().any(
+                |m| m.starts_with("sharing.timeSlicing.resources[1]: selects the same")
+                    && m.contains("both list 1")
+            ),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("sharing.vgpu.resources[0]: selects the same")),
+            "{e:#?}"
+        );
         // Disjoint lists and a count next to a list pass the static check.
         parse(
             r#"
@@ -647,7 +711,10 @@ sharing:
             ])
         );
         let e = errors("sharing: {timeSlicing: {renameByDefault: true, resources: [{name: nvidia.com/gpu, replicas: 2, devices: [zero]}]}}");
-        assert!(e[0].starts_with("sharing.timeSlicing.resources[0].devices[0]: expected"), "{e:?}");
+        assert!(
+            e[0].starts_with("sharing.timeSlicing.resources[0].devices[0]: expected"),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -662,7 +729,10 @@ sharing:
             mig_strategy: Some(MigStrategy::Mixed),
             ..Overrides::default()
         });
-        assert_eq!(c.plugin.device_list_strategies, [DeviceListStrategy::VolumeMounts]);
+        assert_eq!(
+            c.plugin.device_list_strategies,
+            [DeviceListStrategy::VolumeMounts]
+        );
         assert_eq!(c.mig_strategy, MigStrategy::Mixed);
     }
 

@@ -236,7 +236,8 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
                     ),
                 )),
                 Some(spec) => {
-                    let names: Vec<&str> = mig.devices.iter().map(MigDeviceEntry::profile).collect();
+                    let names: Vec<&str> =
+                        mig.devices.iter().map(MigDeviceEntry::profile).collect();
                     match spec.place(&names) {
                         Err(e) => errors.push(FixtureError::new(mig_path, e.to_string())),
                         Ok(placements) => {
@@ -254,7 +255,9 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
                                 if used > memory {
                                     errors.push(FixtureError::new(
                                         format!("{mig_path}[{i}].memoryUsedMiB"),
-                                        format!("must be <= the profile's {memory} MiB, got {used}"),
+                                        format!(
+                                            "must be <= the profile's {memory} MiB, got {used}"
+                                        ),
                                     ));
                                 }
                                 fixture.telemetry.insert(
@@ -317,10 +320,18 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
     }
 }
 
-fn check_telemetry(path: &str, t: &TelemetryEntry, memory_mib: u64, errors: &mut Vec<FixtureError>) {
+fn check_telemetry(
+    path: &str,
+    t: &TelemetryEntry,
+    memory_mib: u64,
+    errors: &mut Vec<FixtureError>,
+) {
     let mut check = |field: &str, ok: bool, message: String| {
         if !ok {
-            errors.push(FixtureError::new(format!("{path}.telemetry.{field}"), message));
+            errors.push(FixtureError::new(
+                format!("{path}.telemetry.{field}"),
+                message,
+            ));
         }
     };
     if let Some(u) = t.utilization_percent {
@@ -391,8 +402,8 @@ mod tests {
         assert_eq!(errors[0].path, "gpus[0].memoryMiB");
         assert!(errors[0].message.contains("NVIDIA L4"), "{errors:?}");
 
-        let errors = parse("gpus: [{model: NVIDIA L4, memoryMiB: 23034, mig: {devices: []}}]")
-            .unwrap_err();
+        let errors =
+            parse("gpus: [{model: NVIDIA L4, memoryMiB: 23034, mig: {devices: []}}]").unwrap_err();
         assert_eq!(errors[0].path, "gpus[0].mig");
     }
 
@@ -413,7 +424,10 @@ gpus:
 "#;
         let errors = parse(text).unwrap_err();
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert!(paths.contains(&"gpus[0].telemetry.utilizationPercent"), "{paths:?}");
+        assert!(
+            paths.contains(&"gpus[0].telemetry.utilizationPercent"),
+            "{paths:?}"
+        );
         assert!(paths.contains(&"gpus[1].uuid"), "{paths:?}");
         assert!(paths.contains(&"gpus[1].nvlink.7"), "{paths:?}");
     }
@@ -442,7 +456,13 @@ gpus:
         assert_eq!(f.inventory.gpus.len(), 8);
         for gpu in &f.inventory.gpus {
             assert_eq!(gpu.model, "NVIDIA H100 80GB HBM3");
-            assert_eq!(gpu.nvlinks.len(), 7, "gpu {} links {:?}", gpu.index, gpu.nvlinks);
+            assert_eq!(
+                gpu.nvlinks.len(),
+                7,
+                "gpu {} links {:?}",
+                gpu.index,
+                gpu.nvlinks
+            );
         }
         assert_eq!(f.inventory.gpus[0].uuid, mock_gpu_uuid(0));
     }

@@ -25,12 +25,12 @@ impl MockBackend {
     /// Read `fixture`, or use the built-in node when `None`.
     pub fn open(fixture: Option<PathBuf>) -> Result<Self, BackendError> {
         let state = match &fixture {
-            None => fixture::parse(DEFAULT_FIXTURE).map_err(|errors| {
-                BackendError::FixtureInvalid {
+            None => {
+                fixture::parse(DEFAULT_FIXTURE).map_err(|errors| BackendError::FixtureInvalid {
                     path: "<built-in>".into(),
                     errors,
-                }
-            })?,
+                })?
+            }
             Some(path) => read_fixture(path)?,
         };
         Ok(Self {
@@ -68,8 +68,13 @@ impl MockBackend {
             }
         }
         if !old.inventory.same_layout(&new.inventory) || old.inventory != new.inventory {
-            tracing::info!(gpus = new.inventory.gpus.len(), "mock fixture layout changed");
-            events.inventory.send_replace(Arc::new(new.inventory.clone()));
+            tracing::info!(
+                gpus = new.inventory.gpus.len(),
+                "mock fixture layout changed"
+            );
+            events
+                .inventory
+                .send_replace(Arc::new(new.inventory.clone()));
         }
     }
 }
@@ -145,7 +150,8 @@ impl GpuBackend for MockBackend {
                 if s.lost.contains(&gpu.uuid) {
                     continue;
                 }
-                let uuids = std::iter::once(&gpu.uuid).chain(gpu.mig_devices.iter().map(|m| &m.uuid));
+                let uuids =
+                    std::iter::once(&gpu.uuid).chain(gpu.mig_devices.iter().map(|m| &m.uuid));
                 for uuid in uuids {
                     if let Some(t) = s.telemetry.get(uuid) {
                         out.insert(uuid.clone(), t.clone());
@@ -175,15 +181,18 @@ impl GpuBackend for MockBackend {
                     }
                     last = Some(bytes.clone());
                     let parsed = std::str::from_utf8(&bytes)
-                        .map_err(|e| vec![fixture::FixtureError {
-                            path: "fixture".into(),
-                            message: format!("not UTF-8: {e}"),
-                        }])
+                        .map_err(|e| {
+                            vec![fixture::FixtureError {
+                                path: "fixture".into(),
+                                message: format!("not UTF-8: {e}"),
+                            }]
+                        })
                         .and_then(fixture::parse);
                     match parsed {
                         Ok(new) => self.apply(new, &events),
                         Err(errors) => {
-                            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                            let errors: Vec<String> =
+                                errors.iter().map(ToString::to_string).collect();
                             tracing::warn!(
                                 path = %path.display(),
                                 errors = ?errors,
@@ -211,7 +220,8 @@ mod tests {
 
     #[test]
     fn appended_xids_and_lost_toggles_become_events() {
-        let old = fixture("gpus: [{model: X, memoryMiB: 10, xids: [13]}, {model: X, memoryMiB: 10}]");
+        let old =
+            fixture("gpus: [{model: X, memoryMiB: 10, xids: [13]}, {model: X, memoryMiB: 10}]");
         let new = fixture(
             "gpus: [{model: X, memoryMiB: 10, xids: [13, 48, 63]}, {model: X, memoryMiB: 10, lost: true}]",
         );
@@ -221,9 +231,19 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                HealthEvent::Xid { gpu_uuid: uuid0.clone(), mig_uuid: None, xid: 48 },
-                HealthEvent::Xid { gpu_uuid: uuid0, mig_uuid: None, xid: 63 },
-                HealthEvent::Lost { gpu_uuid: uuid1.clone() },
+                HealthEvent::Xid {
+                    gpu_uuid: uuid0.clone(),
+                    mig_uuid: None,
+                    xid: 48
+                },
+                HealthEvent::Xid {
+                    gpu_uuid: uuid0,
+                    mig_uuid: None,
+                    xid: 63
+                },
+                HealthEvent::Lost {
+                    gpu_uuid: uuid1.clone()
+                },
             ]
         );
         assert_eq!(

@@ -33,7 +33,11 @@ pub struct HealthPolicy {
 
 impl HealthPolicy {
     /// Combine the config's `health:` with NVIDIA's environment variables.
-    pub fn new(settings: &HealthSettings, disable_env: Option<&str>, enable_env: Option<&str>) -> Self {
+    pub fn new(
+        settings: &HealthSettings,
+        disable_env: Option<&str>,
+        enable_env: Option<&str>,
+    ) -> Self {
         let mut policy = Self {
             ignored_xids: settings.ignored_xids.clone(),
             disabled: false,
@@ -48,7 +52,9 @@ impl HealthPolicy {
                     Ok(xid) => {
                         policy.ignored_xids.insert(xid);
                     }
-                    Err(_) => tracing::warn!(value = %n, "DP_DISABLE_HEALTHCHECKS: ignoring an entry that is not all, xids or a number"),
+                    Err(_) => {
+                        tracing::warn!(value = %n, "DP_DISABLE_HEALTHCHECKS: ignoring an entry that is not all, xids or a number")
+                    }
                 },
             }
         }
@@ -59,7 +65,9 @@ impl HealthPolicy {
                     Ok(xid) => {
                         policy.ignored_xids.remove(&xid);
                     }
-                    Err(_) => tracing::warn!(value = %n, "DP_ENABLE_HEALTHCHECKS: ignoring an entry that is not all or a number"),
+                    Err(_) => {
+                        tracing::warn!(value = %n, "DP_ENABLE_HEALTHCHECKS: ignoring an entry that is not all or a number")
+                    }
                 },
             }
         }
@@ -174,11 +182,23 @@ impl HealthTracker {
     /// Apply one event at `now`.
     pub fn apply(&mut self, event: &HealthEvent, now: Instant) -> Transition {
         match event {
-            HealthEvent::Xid { gpu_uuid, mig_uuid, xid } => {
+            HealthEvent::Xid {
+                gpu_uuid,
+                mig_uuid,
+                xid,
+            } => {
                 let device = mig_uuid.as_deref().unwrap_or(gpu_uuid);
-                *self.xid_counts.entry((device.to_string(), *xid)).or_default() += 1;
+                *self
+                    .xid_counts
+                    .entry((device.to_string(), *xid))
+                    .or_default() += 1;
                 if *xid == XID_FALLEN_OFF_BUS && !self.policy.disabled {
-                    return Self::mark(&mut self.gpus, gpu_uuid, format!("XID {xid} ({})", xid_meaning(*xid)), None);
+                    return Self::mark(
+                        &mut self.gpus,
+                        gpu_uuid,
+                        format!("XID {xid} ({})", xid_meaning(*xid)),
+                        None,
+                    );
                 }
                 if !self.policy.is_critical(*xid) {
                     return Transition::None;
@@ -194,19 +214,31 @@ impl HealthTracker {
                 if self.policy.disabled {
                     return Transition::None;
                 }
-                Self::mark(&mut self.gpus, gpu_uuid, "double-bit ECC error".into(), Some(now))
+                Self::mark(
+                    &mut self.gpus,
+                    gpu_uuid,
+                    "double-bit ECC error".into(),
+                    Some(now),
+                )
             }
             HealthEvent::Lost { gpu_uuid } => {
                 if self.policy.disabled {
                     return Transition::None;
                 }
-                Self::mark(&mut self.gpus, gpu_uuid, "GPU lost (fell off the bus)".into(), None)
+                Self::mark(
+                    &mut self.gpus,
+                    gpu_uuid,
+                    "GPU lost (fell off the bus)".into(),
+                    None,
+                )
             }
             HealthEvent::Found { gpu_uuid } => {
                 let was_lost = self.gpus.get(gpu_uuid).is_some_and(|f| f.last.is_none());
                 if was_lost {
                     self.gpus.remove(gpu_uuid);
-                    Transition::Healthy { device: gpu_uuid.clone() }
+                    Transition::Healthy {
+                        device: gpu_uuid.clone(),
+                    }
                 } else {
                     Transition::None
                 }
@@ -214,7 +246,12 @@ impl HealthTracker {
         }
     }
 
-    fn mark(map: &mut BTreeMap<String, Fault>, device: &str, reason: String, last: Option<Instant>) -> Transition {
+    fn mark(
+        map: &mut BTreeMap<String, Fault>,
+        device: &str,
+        reason: String,
+        last: Option<Instant>,
+    ) -> Transition {
         match map.get_mut(device) {
             Some(fault) => {
                 // Still unhealthy: a new XID restarts the recovery clock; a lost GPU stays lost.
@@ -225,8 +262,17 @@ impl HealthTracker {
                 Transition::None
             }
             None => {
-                map.insert(device.to_string(), Fault { reason: reason.clone(), last });
-                Transition::Unhealthy { device: device.to_string(), reason }
+                map.insert(
+                    device.to_string(),
+                    Fault {
+                        reason: reason.clone(),
+                        last,
+                    },
+                );
+                Transition::Unhealthy {
+                    device: device.to_string(),
+                    reason,
+                }
             }
         }
     }
@@ -268,7 +314,14 @@ impl HealthTracker {
     pub fn state(&self) -> HealthState {
         let convert = |map: &BTreeMap<String, Fault>| {
             map.iter()
-                .map(|(k, f)| (k.clone(), Unhealthy { reason: f.reason.clone() }))
+                .map(|(k, f)| {
+                    (
+                        k.clone(),
+                        Unhealthy {
+                            reason: f.reason.clone(),
+                        },
+                    )
+                })
                 .collect()
         };
         HealthState {
@@ -283,12 +336,19 @@ mod tests {
     use super::*;
 
     fn xid(gpu: &str, xid: u64) -> HealthEvent {
-        HealthEvent::Xid { gpu_uuid: gpu.into(), mig_uuid: None, xid }
+        HealthEvent::Xid {
+            gpu_uuid: gpu.into(),
+            mig_uuid: None,
+            xid,
+        }
     }
 
     fn tracker(recover: u64) -> HealthTracker {
         HealthTracker::new(HealthPolicy::new(
-            &HealthSettings { recover_after: Duration::from_secs(recover), ..HealthSettings::default() },
+            &HealthSettings {
+                recover_after: Duration::from_secs(recover),
+                ..HealthSettings::default()
+            },
             None,
             None,
         ))
@@ -303,7 +363,10 @@ mod tests {
         }
         assert!(t.state().all_healthy());
         assert_eq!(t.xid_counts()[&("GPU-a".to_string(), 43)], 1);
-        assert!(matches!(t.apply(&xid("GPU-a", 48), now), Transition::Unhealthy { .. }));
+        assert!(matches!(
+            t.apply(&xid("GPU-a", 48), now),
+            Transition::Unhealthy { .. }
+        ));
         assert!(!t.state().gpu_healthy("GPU-a"));
         assert!(t.state().gpu_healthy("GPU-b"));
     }
@@ -311,7 +374,11 @@ mod tests {
     #[test]
     fn mig_scoped_xids_mark_only_the_instance() {
         let mut t = tracker(0);
-        let event = HealthEvent::Xid { gpu_uuid: "GPU-a".into(), mig_uuid: Some("MIG-1".into()), xid: 94 };
+        let event = HealthEvent::Xid {
+            gpu_uuid: "GPU-a".into(),
+            mig_uuid: Some("MIG-1".into()),
+            xid: 94,
+        };
         t.apply(&event, Instant::now());
         let s = t.state();
         assert!(s.gpu_healthy("GPU-a"));
@@ -340,10 +407,23 @@ mod tests {
     fn lost_gpus_do_not_time_out_but_come_back_when_found() {
         let mut t = tracker(1);
         let t0 = Instant::now();
-        t.apply(&HealthEvent::Lost { gpu_uuid: "GPU-a".into() }, t0);
+        t.apply(
+            &HealthEvent::Lost {
+                gpu_uuid: "GPU-a".into(),
+            },
+            t0,
+        );
         assert!(t.expire(t0 + Duration::from_secs(10)).is_empty());
         assert!(!t.state().gpu_healthy("GPU-a"));
-        assert!(matches!(t.apply(&HealthEvent::Found { gpu_uuid: "GPU-a".into() }, t0), Transition::Healthy { .. }));
+        assert!(matches!(
+            t.apply(
+                &HealthEvent::Found {
+                    gpu_uuid: "GPU-a".into()
+                },
+                t0
+            ),
+            Transition::Healthy { .. }
+        ));
         assert!(t.state().all_healthy());
         // XID 79 counts as lost even though it is an XID.
         t.apply(&xid("GPU-b", 79), t0);
@@ -365,7 +445,12 @@ mod tests {
         let p = HealthPolicy::new(&base, None, Some("all"));
         assert!(p.is_critical(13));
         let mut t = HealthTracker::new(HealthPolicy::new(&base, Some("all"), None));
-        t.apply(&HealthEvent::Lost { gpu_uuid: "GPU-a".into() }, Instant::now());
+        t.apply(
+            &HealthEvent::Lost {
+                gpu_uuid: "GPU-a".into(),
+            },
+            Instant::now(),
+        );
         assert!(t.state().all_healthy());
     }
 }

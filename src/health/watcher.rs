@@ -86,7 +86,12 @@ pub async fn run(
 }
 
 fn apply(tracker: &mut HealthTracker, event: &HealthEvent, now: Instant) -> bool {
-    if let HealthEvent::Xid { gpu_uuid, mig_uuid, xid } = event {
+    if let HealthEvent::Xid {
+        gpu_uuid,
+        mig_uuid,
+        xid,
+    } = event
+    {
         tracing::debug!(gpu = %gpu_uuid, mig = ?mig_uuid, xid, meaning = xid_meaning(*xid), "XID event");
     }
     match tracker.apply(event, now) {

@@ -105,7 +105,10 @@ impl Served {
     async fn stop(self) {
         let _ = self.stopping.send(true);
         let mut handle = self.handle;
-        if tokio::time::timeout(Duration::from_secs(2), &mut handle).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), &mut handle)
+            .await
+            .is_err()
+        {
             handle.abort();
         }
     }

@@ -20,7 +20,10 @@ impl Running {
     async fn stop(self) {
         let _ = self.stop.send(true);
         let mut handle = self.handle;
-        if tokio::time::timeout(Duration::from_secs(5), &mut handle).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut handle)
+            .await
+            .is_err()
+        {
             handle.abort();
         }
     }
@@ -76,6 +79,8 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Ite
 }
 
 /// Convenience for tests and benches: a context whose snapshot never changes.
-pub fn static_snapshots(snapshot: Snapshot) -> (watch::Sender<Arc<Snapshot>>, watch::Receiver<Arc<Snapshot>>) {
+pub fn static_snapshots(
+    snapshot: Snapshot,
+) -> (watch::Sender<Arc<Snapshot>>, watch::Receiver<Arc<Snapshot>>) {
     watch::channel(Arc::new(snapshot))
 }

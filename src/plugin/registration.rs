@@ -26,7 +26,11 @@ pub enum RegisterError {
 }
 
 /// Register `resource`, served on `endpoint` (a file name in the kubelet's device-plugin dir).
-pub async fn register(kubelet_socket: &Path, resource: &str, endpoint: &str) -> Result<(), RegisterError> {
+pub async fn register(
+    kubelet_socket: &Path,
+    resource: &str,
+    endpoint: &str,
+) -> Result<(), RegisterError> {
     let channel = super::uds::connect(kubelet_socket, REGISTER_TIMEOUT, Some(REGISTER_TIMEOUT))
         .await
         .map_err(|source| RegisterError::Connect {

@@ -159,10 +159,12 @@ impl DevicePlugin for PluginService {
         request: Request<PreferredAllocationRequest>,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
         let snapshot = self.current();
-        let resource = snapshot
-            .resources
-            .get(&self.resource)
-            .ok_or_else(|| Status::unavailable(format!("resource {} is not advertised any more", self.resource)))?;
+        let resource = snapshot.resources.get(&self.resource).ok_or_else(|| {
+            Status::unavailable(format!(
+                "resource {} is not advertised any more",
+                self.resource
+            ))
+        })?;
         let container_responses = request
             .into_inner()
             .container_requests
@@ -180,7 +182,9 @@ impl DevicePlugin for PluginService {
                 }
             })
             .collect();
-        Ok(Response::new(PreferredAllocationResponse { container_responses }))
+        Ok(Response::new(PreferredAllocationResponse {
+            container_responses,
+        }))
     }
 
     async fn allocate(
@@ -188,13 +192,19 @@ impl DevicePlugin for PluginService {
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
         let snapshot = self.current();
-        let resource = snapshot
-            .resources
-            .get(&self.resource)
-            .ok_or_else(|| Status::unavailable(format!("resource {} is not advertised any more", self.resource)))?;
+        let resource = snapshot.resources.get(&self.resource).ok_or_else(|| {
+            Status::unavailable(format!(
+                "resource {} is not advertised any more",
+                self.resource
+            ))
+        })?;
         let mut container_responses = Vec::new();
         for container in request.into_inner().container_requests {
-            match allocate::container_response(resource, &container.devices_ids, &snapshot.config.plugin) {
+            match allocate::container_response(
+                resource,
+                &container.devices_ids,
+                &snapshot.config.plugin,
+            ) {
                 Ok(response) => {
                     self.status.allocation(&self.resource, true);
                     tracing::info!(resource = %self.resource, devices = ?container.devices_ids, "allocated");
@@ -207,7 +217,9 @@ impl DevicePlugin for PluginService {
                 }
             }
         }
-        Ok(Response::new(AllocateResponse { container_responses }))
+        Ok(Response::new(AllocateResponse {
+            container_responses,
+        }))
     }
 
     async fn pre_start_container(

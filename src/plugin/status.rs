@@ -60,7 +60,9 @@ impl StatusBoard {
         self.update(resource, |s| s.open_streams += 1);
     }
     pub fn stream_closed(&self, resource: &str) {
-        self.update(resource, |s| s.open_streams = s.open_streams.saturating_sub(1));
+        self.update(resource, |s| {
+            s.open_streams = s.open_streams.saturating_sub(1)
+        });
     }
     pub fn allocation(&self, resource: &str, ok: bool) {
         self.update(resource, |s| {

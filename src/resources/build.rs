@@ -113,8 +113,13 @@ struct Rule<'a> {
 }
 
 enum RuleKind {
-    TimeSliced { replicas: u32 },
-    Vgpu { memory_mib: u64, compute_percent: Option<u32> },
+    TimeSliced {
+        replicas: u32,
+    },
+    Vgpu {
+        memory_mib: u64,
+        compute_percent: Option<u32>,
+    },
 }
 
 /// Build what the node advertises. With `failOnInitError: false`, MIG problems are tolerated
@@ -357,7 +362,10 @@ fn base_units<'a>(
                     units
                         .entry(names::mig_resource(&mig.profile))
                         .or_default()
-                        .push(Unit { gpu, mig: Some(mig) });
+                        .push(Unit {
+                            gpu,
+                            mig: Some(mig),
+                        });
                 }
             }
         }
@@ -426,7 +434,10 @@ fn rules(config: &Config) -> Vec<Rule<'_>> {
         out.push(Rule {
             path: format!("sharing.vgpu.resources[{i}]"),
             source: &r.name,
-            advertised: r.rename.clone().unwrap_or_else(|| names::vgpu_default(&r.name)),
+            advertised: r
+                .rename
+                .clone()
+                .unwrap_or_else(|| names::vgpu_default(&r.name)),
             devices: &r.devices,
             kind: RuleKind::Vgpu {
                 memory_mib: r.memory_mib,
@@ -458,7 +469,8 @@ fn select(rule: &Rule<'_>, units: &[Unit<'_>]) -> Result<Vec<usize>, BuildError>
         DeviceSelector::List(refs) => {
             let mut out = Vec::new();
             for (k, r) in refs.iter().enumerate() {
-                let matched: Vec<usize> = (0..units.len()).filter(|&u| units[u].matches(r)).collect();
+                let matched: Vec<usize> =
+                    (0..units.len()).filter(|&u| units[u].matches(r)).collect();
                 if matched.is_empty() {
                     return Err(BuildError::Config {
                         path: format!("{}.devices[{k}]", rule.path),

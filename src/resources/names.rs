@@ -34,7 +34,10 @@ mod tests {
         assert_eq!(mig_resource("1g.10gb+me"), "nvidia.com/mig-1g.10gb.me");
         assert_eq!(shared_default(GPU), "nvidia.com/gpu.shared");
         assert_eq!(vgpu_default(GPU), "nvidia.com/gpu.vgpu");
-        assert_eq!(socket_file("nvidia.com/gpu"), "gpu-agent-nvidia.com_gpu.sock");
+        assert_eq!(
+            socket_file("nvidia.com/gpu"),
+            "gpu-agent-nvidia.com_gpu.sock"
+        );
         assert_eq!(
             socket_file("nvidia.com/mig-1g.10gb"),
             "gpu-agent-nvidia.com_mig-1g.10gb.sock"

@@ -80,7 +80,9 @@ impl TestKubelet {
         let _ = std::fs::remove_file(self.socket());
         let listener = UnixListener::bind(self.socket()).expect("bind kubelet.sock");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let recorder = Recorder { tx: self.tx.clone() };
+        let recorder = Recorder {
+            tx: self.tx.clone(),
+        };
         self.server = Some(tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(RegistrationServer::new(recorder))
@@ -126,7 +128,10 @@ impl TestKubelet {
 
     /// The next Register call within `timeout`, if any.
     pub async fn registration_within(&mut self, timeout: Duration) -> Option<RegisterRequest> {
-        tokio::time::timeout(timeout, self.registrations.recv()).await.ok().flatten()
+        tokio::time::timeout(timeout, self.registrations.recv())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Connect to the plugin that registered `endpoint`.
@@ -139,7 +144,9 @@ impl TestKubelet {
 }
 
 /// Open ListAndWatch and return the stream.
-pub async fn list_and_watch(client: &mut DevicePluginClient<Channel>) -> Streaming<ListAndWatchResponse> {
+pub async fn list_and_watch(
+    client: &mut DevicePluginClient<Channel>,
+) -> Streaming<ListAndWatchResponse> {
     client
         .list_and_watch(Empty {})
         .await

@@ -46,7 +46,10 @@ fn whole_gpus_by_uuid_or_index() {
     assert_eq!(gpu.devices[5].visible_id, uuids[5]);
 
     let set = ok(&inv, "flags: {plugin: {deviceIDStrategy: index}}");
-    assert_eq!(ids(&set, "nvidia.com/gpu"), ["0", "1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(
+        ids(&set, "nvidia.com/gpu"),
+        ["0", "1", "2", "3", "4", "5", "6", "7"]
+    );
 }
 
 #[test]
@@ -72,7 +75,10 @@ fn mig_mixed_one_resource_per_profile() {
             "nvidia.com/mig-4g.40gb",
         ]
     );
-    assert_eq!(ids(&set, "nvidia.com/gpu"), [inv.gpus[0].uuid.clone(), inv.gpus[1].uuid.clone()]);
+    assert_eq!(
+        ids(&set, "nvidia.com/gpu"),
+        [inv.gpus[0].uuid.clone(), inv.gpus[1].uuid.clone()]
+    );
     let small = set.get("nvidia.com/mig-1g.10gb").unwrap();
     assert_eq!(small.strategy, Strategy::Mig);
     assert_eq!(small.devices.len(), 3);
@@ -81,7 +87,10 @@ fn mig_mixed_one_resource_per_profile() {
     assert!(mig.uuid.starts_with("MIG-"));
     assert_eq!(small.devices[0].target.gpu_uuid, inv.gpus[2].uuid);
 
-    let set = ok(&inv, "flags: {migStrategy: mixed, plugin: {deviceIDStrategy: index}}");
+    let set = ok(
+        &inv,
+        "flags: {migStrategy: mixed, plugin: {deviceIDStrategy: index}}",
+    );
     assert_eq!(ids(&set, "nvidia.com/mig-1g.10gb"), ["2:2", "2:3", "3:1"]);
 }
 
@@ -104,15 +113,35 @@ gpus:
 #[test]
 fn mig_single_refuses_mixed_layouts_and_empty_mig_gpus() {
     let inv = inventory(FOUR_H100);
-    let errors = build(&inv, &cfg("flags: {migStrategy: single}"), &HealthState::default()).unwrap_err();
+    let errors = build(
+        &inv,
+        &cfg("flags: {migStrategy: single}"),
+        &HealthState::default(),
+    )
+    .unwrap_err();
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
     assert!(text.iter().all(|e| e.starts_with("MIG: ")), "{text:#?}");
-    assert!(text.iter().any(|e| e.contains("GPU 0") && e.contains("MIG disabled")), "{text:#?}");
-    assert!(text.iter().any(|e| e.contains("one MIG profile") && e.contains("3g.40gb")), "{text:#?}");
+    assert!(
+        text.iter()
+            .any(|e| e.contains("GPU 0") && e.contains("MIG disabled")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|e| e.contains("one MIG profile") && e.contains("3g.40gb")),
+        "{text:#?}"
+    );
 
     let empty = inventory("gpus: [{model: NVIDIA H100 80GB HBM3, mig: {devices: []}}]");
-    let errors = build(&empty, &cfg("flags: {migStrategy: single}"), &HealthState::default()).unwrap_err();
-    assert!(errors[0].to_string().contains("GPU 0") && errors[0].to_string().contains("no MIG devices"));
+    let errors = build(
+        &empty,
+        &cfg("flags: {migStrategy: single}"),
+        &HealthState::default(),
+    )
+    .unwrap_err();
+    assert!(
+        errors[0].to_string().contains("GPU 0") && errors[0].to_string().contains("no MIG devices")
+    );
 
     // failOnInitError: false runs without MIG resources and reports the same problem.
     let built = build(
@@ -128,7 +157,10 @@ fn mig_single_refuses_mixed_layouts_and_empty_mig_gpus() {
 #[test]
 fn time_slicing_replicas_and_renames() {
     let inv = inventory(fixture::DEFAULT_FIXTURE);
-    let set = ok(&inv, "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}");
+    let set = ok(
+        &inv,
+        "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}",
+    );
     let r = set.get("nvidia.com/gpu").unwrap();
     assert_eq!(r.strategy, Strategy::TimeSliced);
     assert_eq!(r.devices.len(), 32);
@@ -142,7 +174,11 @@ fn time_slicing_replicas_and_renames() {
         "sharing: {timeSlicing: {renameByDefault: true, failRequestsGreaterThanOne: true, resources: [{name: nvidia.com/gpu, replicas: 2}]}}",
     );
     assert_eq!(set.names().collect::<Vec<_>>(), ["nvidia.com/gpu.shared"]);
-    assert!(set.get("nvidia.com/gpu.shared").unwrap().fail_requests_greater_than_one);
+    assert!(
+        set.get("nvidia.com/gpu.shared")
+            .unwrap()
+            .fail_requests_greater_than_one
+    );
 }
 
 #[test]
@@ -181,7 +217,11 @@ fn vgpu_slices_from_reported_memory() {
     assert_eq!(v.devices[13].id, format!("{}::vgpu6", inv.gpus[1].uuid));
     assert_eq!(
         v.devices[3].target.vgpu,
-        Some(VgpuSlice { slice: 3, memory_mib: 10240, compute_percent: Some(25) })
+        Some(VgpuSlice {
+            slice: 3,
+            memory_mib: 10240,
+            compute_percent: Some(25)
+        })
     );
     assert_eq!(ids(&set, "nvidia.com/gpu").len(), 6);
 
@@ -191,7 +231,9 @@ fn vgpu_slices_from_reported_memory() {
         &HealthState::default(),
     )
     .unwrap_err();
-    assert!(errors[0].to_string().starts_with("sharing.vgpu.resources[0].memoryMiB: 90000 MiB is more than GPU 0"));
+    assert!(errors[0]
+        .to_string()
+        .starts_with("sharing.vgpu.resources[0].memoryMiB: 90000 MiB is more than GPU 0"));
 }
 
 #[test]
@@ -229,8 +271,12 @@ sharing:
     )
     .unwrap_err();
     assert!(
-        errors[0].to_string().starts_with("sharing.vgpu.resources[0]: selects GPU 1")
-            && errors[0].to_string().contains("sharing.timeSlicing.resources[0] already selects"),
+        errors[0]
+            .to_string()
+            .starts_with("sharing.vgpu.resources[0]: selects GPU 1")
+            && errors[0]
+                .to_string()
+                .contains("sharing.timeSlicing.resources[0] already selects"),
         "{errors:?}"
     );
 }
@@ -247,8 +293,18 @@ sharing:
       - {name: nvidia.com/mig-1g.10gb, replicas: 2}
 "#);
     let mut health = HealthState::default();
-    health.gpus.insert(inv.gpus[0].uuid.clone(), Unhealthy { reason: "XID 48".into() });
-    health.migs.insert(inv.gpus[2].mig_devices[2].uuid.clone(), Unhealthy { reason: "XID 94".into() });
+    health.gpus.insert(
+        inv.gpus[0].uuid.clone(),
+        Unhealthy {
+            reason: "XID 48".into(),
+        },
+    );
+    health.migs.insert(
+        inv.gpus[2].mig_devices[2].uuid.clone(),
+        Unhealthy {
+            reason: "XID 94".into(),
+        },
+    );
     let set = build(&inv, &config, &health).unwrap().resources;
 
     let gpu = set.get("nvidia.com/gpu").unwrap();
@@ -263,14 +319,34 @@ sharing:
     let small = set.get("nvidia.com/mig-1g.10gb").unwrap();
     assert_eq!(small.count(Health::Unhealthy), 2);
     assert_eq!(small.count(Health::Healthy), 4);
-    assert_eq!(set.get("nvidia.com/mig-3g.40gb").unwrap().count(Health::Unhealthy), 0);
+    assert_eq!(
+        set.get("nvidia.com/mig-3g.40gb")
+            .unwrap()
+            .count(Health::Unhealthy),
+        0
+    );
 
     // A GPU-level fault takes its MIG devices with it.
     let mut health = HealthState::default();
-    health.gpus.insert(inv.gpus[2].uuid.clone(), Unhealthy { reason: "XID 79".into() });
+    health.gpus.insert(
+        inv.gpus[2].uuid.clone(),
+        Unhealthy {
+            reason: "XID 79".into(),
+        },
+    );
     let set = build(&inv, &config, &health).unwrap().resources;
-    assert_eq!(set.get("nvidia.com/mig-3g.40gb").unwrap().count(Health::Unhealthy), 1);
-    assert_eq!(set.get("nvidia.com/mig-1g.10gb").unwrap().count(Health::Unhealthy), 4);
+    assert_eq!(
+        set.get("nvidia.com/mig-3g.40gb")
+            .unwrap()
+            .count(Health::Unhealthy),
+        1
+    );
+    assert_eq!(
+        set.get("nvidia.com/mig-1g.10gb")
+            .unwrap()
+            .count(Health::Unhealthy),
+        4
+    );
 }
 
 #[test]
