@@ -37,7 +37,7 @@ fn ids(set: &ResourceSet, name: &str) -> Vec<String> {
 #[test]
 fn whole_gpus_by_uuid_or_index() {
     let inv = inventory(fixture::DEFAULT_FIXTURE);
-    let set = ok(&inv, "");
+    let set = ok(&inv, "version: v1");
     let gpu = set.get("nvidia.com/gpu").unwrap();
     assert_eq!(gpu.strategy, Strategy::Exclusive);
     let uuids: Vec<String> = inv.gpus.iter().map(|g| g.uuid.clone()).collect();
@@ -55,7 +55,7 @@ fn whole_gpus_by_uuid_or_index() {
 #[test]
 fn mig_none_advertises_mig_gpus_whole() {
     let inv = inventory(FOUR_H100);
-    let set = ok(&inv, "");
+    let set = ok(&inv, "version: v1");
     assert_eq!(set.names().collect::<Vec<_>>(), ["nvidia.com/gpu"]);
     assert_eq!(ids(&set, "nvidia.com/gpu").len(), 4);
 }
