@@ -402,7 +402,10 @@ fn single_strategy_problems(inventory: &Inventory) -> Vec<String> {
     if profiles.len() > 1 {
         let detail: Vec<String> = profiles
             .iter()
-            .map(|(p, gpus)| format!("{p} on GPU {gpus:?}"))
+            .map(|(p, gpus)| {
+                let gpus: Vec<String> = gpus.iter().map(ToString::to_string).collect();
+                format!("{p} on GPU {}", gpus.join(", "))
+            })
             .collect();
         problems.push(format!(
             "migStrategy single needs one MIG profile on the node, found {}; use migStrategy mixed",
