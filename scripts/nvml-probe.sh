@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 9: run gpu-agent on the REAL NVML backend and save what it sees, next to what nvidia-smi
+# says, under $OUT. Read-only: it never changes MIG mode or any GPU setting.
+#
+# Prepared to run as one short call on the lent GPU machine, with release builds carried from a
+# x86-64 machine:
+#   cargo build --release --locked && cargo build --release --example test_kubelet
+#   mkdir -p carry && cp target/release/gpu-agent target/release/examples/test_kubelet carry/
+#   device run: OUT=$OUT bash scripts/nvml-probe.sh carry   (carry: ["carry"])
+set -uo pipefail
+bin="${1:-target/release}"
+out="${OUT:-/tmp/nvml-probe}"
+mkdir -p "$out"
+agent="$bin/gpu-agent"
+kubelet="$bin/test_kubelet"
+[ -x "$kubelet" ] || kubelet="$bin/examples/test_kubelet"
+
+{
+  date -u
+  uname -a
+  nvidia-smi
+  nvidia-smi -q
+  nvidia-smi topo -m
+  nvidia-smi nvlink --status
+  nvidia-smi --query-gpu=index,uuid,name,memory.total,pci.bus_id,mig.mode.current,driver_version --format=csv
+  nvidia-smi mig -lgip || true
+  for d in /sys/bus/pci/devices/*; do
+    if [ "$(cat "$d/vendor" 2>/dev/null)" = 0x10de ]; then echo "$d numa_node=$(cat "$d/numa_node")"; fi
+  done
+} >"$out/nvidia-smi.txt" 2>&1
+
+"$agent" --version >"$out/agent.txt" 2>&1
+"$agent" list --backend nvml --output json >"$out/list.json" 2>>"$out/agent.txt"
+echo "list rc=$?" >>"$out/agent.txt"
+"$agent" list --backend nvml >>"$out/agent.txt" 2>&1
+
+dir=$(mktemp -d)
+"$kubelet" --dir "$dir" --allocate 1 >"$out/kubelet.jsonl" 2>&1 &
+kpid=$!
+sleep 0.5
+"$agent" run --backend nvml --device-plugin-dir "$dir" --metrics-addr 127.0.0.1:9400 \
+  --nfd-features-file "$dir/features" --collect-interval 1s --cdi-spec-dir "$dir/cdi" --log-format json \
+  >"$out/run.log" 2>&1 &
+apid=$!
+sleep 20
+{
+  curl -s http://127.0.0.1:9400/metrics
+  echo "--- readyz: $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:9400/readyz)"
+  echo "--- features"; cat "$dir/features"
+} >"$out/metrics.txt" 2>&1
+kill -TERM "$apid"; wait "$apid"; echo "agent exit=$?" >>"$out/run.log"
+kill -INT "$kpid"; wait "$kpid" 2>/dev/null
+ls -la "$dir" >>"$out/run.log"
