@@ -59,10 +59,12 @@ fn load(args: &WebhookArgs) -> Result<Inputs, Fatal> {
         vec![cert.clone(), key.clone()],
         move || tls::server_config(&cert, &key),
     )?;
-    let offers = catalog.current().offers.len();
+    let (offers, t) = (catalog.current().offers.len(), thresholds.current());
     tracing::info!(
         resources = offers,
-        thresholds = ?*thresholds.current(),
+        training_exclusive_above_gib = t.training_exclusive_above_gib,
+        inference_shared_below_gib = t.inference_shared_below_gib,
+        mig_range_gib = ?t.mig_range_gib,
         "catalog and thresholds loaded"
     );
     Ok(Inputs {
