@@ -24,6 +24,10 @@ pub enum Command {
     Run(RunArgs),
     /// Print the inventory and every resource the agent would advertise.
     List(ListArgs),
+    /// Apply the strategy rules to this node: which resource a workload should request.
+    Plan(PlanArgs),
+    /// Serve the mutating admission webhook that applies the strategy rules to pods.
+    Webhook(WebhookArgs),
     /// Validate a config file: exit 0 and a summary, or exit 2 and every error.
     CheckConfig {
         /// Config file to validate.
@@ -172,4 +176,67 @@ pub struct ListArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value = "table")]
     pub output: ListOutput,
+}
+
+/// Output format of `plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    Text,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
+    /// What the workload does.
+    #[arg(long, value_enum)]
+    pub workload: crate::strategy::WorkloadType,
+    /// GPU memory the workload needs, as a Kubernetes quantity (3Gi, 512Mi, 20G, 4096).
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_quantity)]
+    pub gpu_memory: u64,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "text")]
+    pub output: PlanOutput,
+}
+
+fn parse_quantity(s: &str) -> Result<u64, String> {
+    crate::units::parse_quantity(s).map_err(|e| e.to_string())
+}
+
+/// `gpu-agent webhook`: its own flags (it runs as a Deployment, not on GPU nodes).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Address to serve HTTPS on (/mutate and /healthz).
+    #[arg(
+        long,
+        env = "GPU_AGENT_WEBHOOK_LISTEN_ADDR",
+        default_value = "0.0.0.0:8443",
+        value_name = "ADDR"
+    )]
+    pub listen_addr: String,
+    /// PEM certificate chain served to the API server; re-read when the file changes.
+    #[arg(long, env = "GPU_AGENT_WEBHOOK_TLS_CERT_FILE", value_name = "PATH")]
+    pub tls_cert_file: PathBuf,
+    /// PEM private key of the certificate; re-read when the file changes.
+    #[arg(long, env = "GPU_AGENT_WEBHOOK_TLS_KEY_FILE", value_name = "PATH")]
+    pub tls_key_file: PathBuf,
+    /// The resources the cluster offers (YAML or JSON; see README); re-read when it changes.
+    #[arg(long, env = "GPU_AGENT_WEBHOOK_CATALOG", value_name = "PATH")]
+    pub catalog: PathBuf,
+    /// Config file whose `strategy:` thresholds apply (defaults without it); re-read when it
+    /// changes.
+    #[arg(long, env = "GPU_AGENT_WEBHOOK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "GPU_AGENT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl WebhookArgs {
+    /// The config path, treating an empty value as none.
+    pub fn config_path(&self) -> Option<&PathBuf> {
+        self.config.as_ref().filter(|p| !p.as_os_str().is_empty())
+    }
 }

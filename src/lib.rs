@@ -17,5 +17,7 @@ pub mod preferred;
 pub mod proto;
 pub mod resources;
 pub mod snapshot;
+pub mod strategy;
 pub mod sync;
 pub mod units;
+pub mod webhook;

@@ -18,6 +18,14 @@ fn main() -> ExitCode {
             logging::init(LogFormat::Text);
             commands::list::run(&args).map(Some)
         }
+        Command::Plan(args) => {
+            logging::init(LogFormat::Text);
+            commands::plan::run(&args).map(Some)
+        }
+        Command::Webhook(args) => {
+            logging::init(args.log_format);
+            commands::webhook::run(args).map(|()| None)
+        }
         Command::CheckConfig { path } => {
             logging::init(LogFormat::Text);
             commands::check_config::run(&path).map(Some)

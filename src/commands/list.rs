@@ -61,6 +61,10 @@ pub struct DeviceEntry {
     pub health: Health,
     /// Physical GPU UUIDs the device maps to.
     pub gpus: Vec<String>,
+    /// Memory the device gives a container (vGPU slice, MIG device or whole GPU), so that the
+    /// document can serve as the webhook's catalog.
+    #[serde(rename = "memoryMiB")]
+    pub memory_mib: Option<u64>,
 }
 
 /// Build the document from a node view.
@@ -120,6 +124,10 @@ pub fn document(view: &NodeView) -> ListDocument {
                         id: d.id.clone(),
                         health: d.health,
                         gpus: vec![d.target.gpu_uuid.clone()],
+                        memory_mib: crate::strategy::catalog::device_memory_mib(
+                            &s.inventory,
+                            &d.target,
+                        ),
                     })
                     .collect(),
             })

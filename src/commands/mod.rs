@@ -3,7 +3,9 @@
 
 pub mod check_config;
 pub mod list;
+pub mod plan;
 pub mod run;
+pub mod webhook;
 
 use std::sync::Arc;
 

@@ -1,0 +1,569 @@
+//! `gpu-agent webhook`, the real binary, over real TLS: AdmissionReview v1 in, JSON patch out,
+//! pass-through and malformed requests, certificate and catalog reloads, start-up errors.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{run_cli, WAIT};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A self-signed certificate for `localhost` / 127.0.0.1: (cert PEM, key PEM, cert DER).
+fn self_signed() -> (String, String, CertificateDer<'static>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("generate a certificate");
+    (cert.pem(), signing_key.serialize_pem(), cert.der().clone())
+}
+
+/// Replace `path` by a rename, as a Secret volume update does.
+fn replace(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+const CATALOG: &str = r#"
+resources:
+  - {name: nvidia.com/gpu, strategy: exclusive, memoryMiB: 81559, count: 8}
+  - {name: nvidia.com/mig-1g.10gb, strategy: mig, memoryMiB: 9984, count: 14}
+  - {name: nvidia.com/mig-3g.40gb, strategy: mig, memoryMiB: 40448, count: 2}
+"#;
+
+/// The webhook binary, running, with its files in a temp dir.
+struct Webhook {
+    child: Child,
+    log: PathBuf,
+    addr: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    catalog: PathBuf,
+}
+
+impl Webhook {
+    /// Write a certificate (returned, to trust) and `catalog`, start the webhook on a free port.
+    fn start(dir: &Path, catalog: &str) -> (Self, CertificateDer<'static>) {
+        let (cert_pem, key_pem, der) = self_signed();
+        let cert = dir.join("tls.crt");
+        let key = dir.join("tls.key");
+        let catalog_path = dir.join("catalog.yaml");
+        std::fs::write(&cert, cert_pem).unwrap();
+        std::fs::write(&key, key_pem).unwrap();
+        std::fs::write(&catalog_path, catalog).unwrap();
+        let log = dir.join("webhook.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
+            .arg("webhook")
+            .args(["--listen-addr", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .arg("--catalog")
+            .arg(&catalog_path)
+            .env("RUST_LOG", "info")
+            .env_remove("GPU_AGENT_WEBHOOK_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn gpu-agent webhook");
+        let mut webhook = Self {
+            child,
+            log,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            cert,
+            key,
+            catalog: catalog_path,
+        };
+        webhook.addr = webhook.wait_listening();
+        (webhook, der)
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The address from the `webhook listening` log line (JSON logs).
+    fn wait_listening(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            for line in self.logs().lines() {
+                let Ok(event) = serde_json::from_str::<Value>(line) else {
+                    continue;
+                };
+                if let Some(addr) = event.get("addr").and_then(Value::as_str) {
+                    return addr.parse().expect("a socket address");
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("webhook exited with {status}:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("webhook did not start listening:\n{}", self.logs());
+    }
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- webhook log ---\n{}", self.logs());
+        }
+    }
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+    /// The leaf certificate the server presented.
+    peer: CertificateDer<'static>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTPS request on a fresh connection (so each sees the certificate current then),
+/// trusting only `trusted`.
+async fn send(
+    addr: SocketAddr,
+    trusted: &[CertificateDer<'static>],
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Reply {
+    let mut roots = RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.clone()).unwrap();
+    }
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    let tls = tokio::time::timeout(
+        WAIT,
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("TLS handshake");
+    let peer = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(connection);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("response timed out")
+        .expect("response");
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Reply { status, body, peer }
+}
+
+async fn mutate(addr: SocketAddr, trusted: &CertificateDer<'static>, review: &Value) -> Value {
+    let reply = send(
+        addr,
+        std::slice::from_ref(trusted),
+        "POST",
+        "/mutate",
+        review.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    let doc = reply.json();
+    assert_eq!(doc["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(doc["kind"], "AdmissionReview");
+    doc["response"].clone()
+}
+
+fn review(uid: &str, pod: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": "ml",
+            "object": pod,
+        }
+    })
+}
+
+fn pod(annotations: Value, container: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "trainer", "namespace": "ml", "annotations": annotations},
+        "spec": {"containers": [container, {"name": "sidecar", "image": "busybox"}]}
+    })
+}
+
+fn patch_ops(response: &Value) -> Vec<Value> {
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().expect("a patch"))
+        .expect("base64");
+    serde_json::from_slice(&bytes).expect("a JSON patch")
+}
+
+#[tokio::test]
+async fn mutates_annotated_pods_passes_others_and_refuses_malformed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, cert) = Webhook::start(dir.path(), CATALOG);
+    let addr = webhook.addr;
+
+    let health = send(
+        addr,
+        std::slice::from_ref(&cert),
+        "GET",
+        "/healthz",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!((health.status, health.body.as_slice()), (200, &b"ok\n"[..]));
+
+    // Inference needing 8 GiB: MIG, smallest profile that holds it.
+    let annotations =
+        json!({"gpu.ml.io/workload-type": "inference", "gpu.ml.io/gpu-memory": "8Gi"});
+    let r = mutate(
+        addr,
+        &cert,
+        &review(
+            "uid-1",
+            pod(annotations.clone(), json!({"name": "main", "image": "x"})),
+        ),
+    )
+    .await;
+    assert_eq!(r["uid"], "uid-1");
+    assert_eq!(r["allowed"], true);
+    let ops = patch_ops(&r);
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        ops[0],
+        json!({"op": "add", "path": "/spec/containers/0/resources",
+               "value": {"limits": {"nvidia.com/mig-1g.10gb": "1"}}})
+    );
+    assert_eq!(ops[1]["op"], "add");
+    assert_eq!(ops[1]["path"], "/metadata/annotations/gpu.ml.io~1decision");
+    let decision: Value = serde_json::from_str(ops[1]["value"].as_str().unwrap()).unwrap();
+    assert_eq!(decision["strategy"], "mig");
+    assert_eq!(decision["resource"], "nvidia.com/mig-1g.10gb");
+    assert_eq!(decision["fallback"], false);
+    assert!(decision["reason"].as_str().unwrap().contains("rule 3"));
+
+    // Training needing 24 GiB, with limits already there: one op into the existing map.
+    let r = mutate(
+        addr,
+        &cert,
+        &review(
+            "uid-2",
+            pod(
+                json!({"gpu.ml.io/workload-type": "training", "gpu.ml.io/gpu-memory": "24Gi"}),
+                json!({"name": "main", "resources": {"limits": {"memory": "64Gi"}}}),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(
+        patch_ops(&r)[0],
+        json!({"op": "add", "path": "/spec/containers/0/resources/limits/nvidia.com~1gpu", "value": "1"})
+    );
+
+    // Pass-through: no annotations; annotations but a GPU already requested.
+    for (uid, pod) in [
+        ("uid-3", pod(json!({"team": "ml"}), json!({"name": "main"}))),
+        (
+            "uid-4",
+            pod(
+                annotations.clone(),
+                json!({"name": "main", "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}}),
+            ),
+        ),
+    ] {
+        let r = mutate(addr, &cert, &review(uid, pod)).await;
+        assert_eq!(r["uid"], uid);
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none(), "{r}");
+    }
+
+    // A bad quantity is refused with the annotation named.
+    let r = mutate(
+        addr,
+        &cert,
+        &review(
+            "uid-5",
+            pod(
+                json!({"gpu.ml.io/workload-type": "inference", "gpu.ml.io/gpu-memory": "eight"}),
+                json!({"name": "main"}),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(r["allowed"], false);
+    assert_eq!(r["status"]["code"], 400);
+    assert_eq!(
+        r["status"]["message"],
+        "metadata.annotations[gpu.ml.io/gpu-memory]: expected a number, e.g. 3Gi, got \"eight\""
+    );
+
+    // Nothing fits: refused with the reason.
+    let r = mutate(
+        addr,
+        &cert,
+        &review(
+            "uid-6",
+            pod(
+                json!({"gpu.ml.io/workload-type": "training", "gpu.ml.io/gpu-memory": "200Gi"}),
+                json!({"name": "main"}),
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(r["allowed"], false);
+    assert!(r["status"]["message"]
+        .as_str()
+        .unwrap()
+        .ends_with("nothing fits"));
+
+    // Not JSON, and JSON that is not a v1 review: a well-formed refusal, HTTP 200.
+    for (body, message) in [
+        (&b"{\"apiVersion\": "[..], "the request body is not JSON"),
+        (
+            &br#"{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {"uid": "old"}}"#[..],
+            "expected an AdmissionReview of apiVersion admission.k8s.io/v1",
+        ),
+    ] {
+        let reply = send(addr, std::slice::from_ref(&cert), "POST", "/mutate", body.to_vec()).await;
+        assert_eq!(reply.status, 200);
+        let doc = reply.json();
+        assert_eq!(doc["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(doc["response"]["allowed"], false);
+        assert_eq!(doc["response"]["status"]["code"], 400);
+        assert!(
+            doc["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(message),
+            "{doc}"
+        );
+    }
+
+    // Unknown paths are 404, and the server is still up after all of the above.
+    let reply = send(
+        addr,
+        std::slice::from_ref(&cert),
+        "GET",
+        "/metrics",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(reply.status, 404);
+    let health = send(
+        addr,
+        std::slice::from_ref(&cert),
+        "GET",
+        "/healthz",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(health.status, 200);
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_and_a_broken_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, first) = Webhook::start(dir.path(), CATALOG);
+    let (pem2, key2, second) = self_signed();
+    let both = [first.clone(), second.clone()];
+
+    let reply = send(webhook.addr, &both, "GET", "/healthz", Vec::new()).await;
+    assert_eq!(reply.peer, first);
+
+    // Renewal: key first, then the certificate (in between the pair does not match; the
+    // webhook keeps the old pair until both are in place).
+    replace(&webhook.key, &key2);
+    replace(&webhook.cert, &pem2);
+    let reply = send(webhook.addr, &both, "GET", "/healthz", Vec::new()).await;
+    assert_eq!(reply.peer, second, "the renewed certificate is served");
+    assert_eq!(reply.status, 200);
+
+    // A broken certificate file: the last good one stays in force, and the log says so.
+    replace(&webhook.cert, "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    let reply = send(webhook.addr, &both, "GET", "/healthz", Vec::new()).await;
+    assert_eq!(reply.peer, second);
+    assert!(
+        webhook.logs().contains("keeping the previous one"),
+        "{}",
+        webhook.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_list_document_is_a_catalog_and_catalog_changes_apply() {
+    // The catalog is what `gpu-agent list --output json` prints for a MIG node pool.
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("fixture.yaml");
+    std::fs::write(
+        &fixture,
+        "gpus:\n  - {model: NVIDIA H100 80GB HBM3}\n  - {model: NVIDIA H100 80GB HBM3, mig: {devices: [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb]}}\n",
+    )
+    .unwrap();
+    let (code, listed, err) = run_cli(&[
+        "list",
+        "--backend",
+        "mock",
+        "--mock-fixture",
+        fixture.to_str().unwrap(),
+        "--mig-strategy",
+        "mixed",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (webhook, cert) = Webhook::start(dir.path(), &listed);
+
+    let small = review(
+        "uid-1",
+        pod(
+            json!({"gpu.ml.io/workload-type": "data-processing", "gpu.ml.io/gpu-memory": "16Gi"}),
+            json!({"name": "main"}),
+        ),
+    );
+    let r = mutate(webhook.addr, &cert, &small).await;
+    assert_eq!(
+        patch_ops(&r)[0]["value"],
+        json!({"limits": {"nvidia.com/mig-2g.20gb": "1"}})
+    );
+
+    // The pool loses MIG: the next review falls back to whole GPUs, with a warning.
+    replace(
+        &webhook.catalog,
+        "resources: [{name: nvidia.com/gpu, strategy: exclusive, memoryMiB: 81559, count: 2}]",
+    );
+    let r = mutate(webhook.addr, &cert, &small).await;
+    assert_eq!(
+        patch_ops(&r)[0]["value"],
+        json!({"limits": {"nvidia.com/gpu": "1"}})
+    );
+    assert_eq!(
+        r["warnings"],
+        json!(["gpu.ml.io: no mig resource fits, using exclusive nvidia.com/gpu"])
+    );
+}
+
+#[test]
+fn start_up_errors_exit_2_with_the_file_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem, _) = self_signed();
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::write(&cert, cert_pem).unwrap();
+    std::fs::write(&key, key_pem).unwrap();
+    let good = dir.path().join("catalog.yaml");
+    std::fs::write(&good, CATALOG).unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "resources: [{name: nvidia.com/gpu, strategy: whole, memoryMiB: 1}]",
+    )
+    .unwrap();
+    let missing = dir.path().join("missing.pem");
+    let args = |catalog: &Path, cert: &Path| {
+        let owned: Vec<String> = [
+            "webhook",
+            "--listen-addr",
+            "127.0.0.1:0",
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        owned
+    };
+    let run = |a: Vec<String>| {
+        let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_cli(&argv)
+    };
+
+    let (code, _, err) = run(args(&bad, &cert));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("resources[0].strategy: must be exclusive, shared (or time-sliced), mig or vgpu, got \"whole\""),
+        "{err}"
+    );
+    let (code, _, err) = run(args(&good, &missing));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot read TLS certificate"), "{err}");
+    assert!(err.contains("missing.pem"), "{err}");
+    // A key that belongs to another certificate.
+    let (other_pem, _, _) = self_signed();
+    let other = dir.path().join("other.crt");
+    std::fs::write(&other, other_pem).unwrap();
+    let (code, _, err) = run(args(&good, &other));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used together"), "{err}");
+}
+
+#[test]
+fn sigterm_stops_it_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut webhook, _) = Webhook::start(dir.path(), CATALOG);
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(webhook.child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = webhook.child.try_wait() {
+            assert!(status.success(), "{status}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("webhook did not stop on SIGTERM");
+}
