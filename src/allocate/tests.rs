@@ -117,14 +117,20 @@ fn cdi_strategies_name_fully_qualified_devices() {
         "flags: {migStrategy: mixed, plugin: {deviceListStrategy: [cdi-annotations, cdi-cri]}}",
     );
     let mig = &inv.gpus[2].mig_devices[1];
-    let r = allocate(&set, &config, "nvidia.com/mig-1g.10gb", &[mig.uuid.clone()]).unwrap();
+    let r = allocate(
+        &set,
+        &config,
+        "nvidia.com/mig-1g.10gb",
+        std::slice::from_ref(&mig.uuid),
+    )
+    .unwrap();
     let name = format!("nvidia.com/gpu={}", mig.uuid);
     assert_eq!(
         r.cdi_devices
             .iter()
-            .map(|d| d.name.clone())
+            .map(|d| d.name.as_str())
             .collect::<Vec<_>>(),
-        [name.clone()]
+        [name.as_str()]
     );
     assert_eq!(
         r.annotations,
@@ -204,7 +210,13 @@ fn device_specs_for_mig_devices_include_both_caps_under_the_dev_root() {
     );
     let gpu = &inv.gpus[2];
     let mig = &gpu.mig_devices[0];
-    let r = allocate(&set, &config, "nvidia.com/mig-3g.40gb", &[mig.uuid.clone()]).unwrap();
+    let r = allocate(
+        &set,
+        &config,
+        "nvidia.com/mig-3g.40gb",
+        std::slice::from_ref(&mig.uuid),
+    )
+    .unwrap();
     let (gi, ci) = mig.cap_minors(gpu.minor_number);
     assert_ne!(gi, ci);
     let paths: Vec<String> = r.devices.iter().map(|d| d.container_path.clone()).collect();
