@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use common::*;
 use gpu_agent::proto::v1beta1::{
     device_plugin_client::DevicePluginClient, AllocateRequest, ContainerAllocateRequest,
-    ContainerAllocateResponse,
+    ContainerAllocateResponse, ListAndWatchResponse,
 };
 use tonic::transport::Channel;
+use tonic::Streaming;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
@@ -33,16 +34,26 @@ async fn allocate(
         .map(|r| r.into_inner().container_responses.remove(0))
 }
 
-/// Device IDs of the first ListAndWatch message of the plugin at `endpoint`.
-async fn listed(kubelet: &TestKubelet, endpoint: &str) -> Vec<String> {
-    let mut plugin = kubelet.plugin(endpoint).await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    next_list(&mut stream)
-        .await
-        .devices
-        .into_iter()
-        .map(|d| d.id)
-        .collect()
+/// Open ListAndWatch streams, held like a kubelet holds them: a stream the client drops reads
+/// as "the kubelet dropped our stream", which makes the agent re-serve and re-register.
+#[derive(Default)]
+struct Streams(Vec<(DevicePluginClient<Channel>, Streaming<ListAndWatchResponse>)>);
+
+impl Streams {
+    /// Device IDs of the first ListAndWatch message of the plugin at `endpoint`; the stream
+    /// stays open.
+    async fn listed(&mut self, kubelet: &TestKubelet, endpoint: &str) -> Vec<String> {
+        let mut plugin = kubelet.plugin(endpoint).await;
+        let mut stream = list_and_watch(&mut plugin).await;
+        let ids = next_list(&mut stream)
+            .await
+            .devices
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        self.0.push((plugin, stream));
+        ids
+    }
 }
 
 /// `list --output json` for the same inputs, to know the UUIDs the agent sees.
@@ -63,11 +74,12 @@ async fn time_sliced_replicas_and_fail_requests_greater_than_one() {
         "version: v1\nsharing:\n  timeSlicing:\n    failRequestsGreaterThanOne: true\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n",
     );
     let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
     let _agent = Agent::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
     let reg = kubelet.next_registration().await;
     assert_eq!(reg.resource_name, "nvidia.com/gpu");
 
-    let ids = listed(&kubelet, &reg.endpoint).await;
+    let ids = streams.listed(&kubelet, &reg.endpoint).await;
     assert_eq!(ids.len(), 32);
     let doc = list_json(&[]);
     for (g, gpu) in doc["gpus"].as_array().unwrap().iter().enumerate() {
@@ -109,6 +121,7 @@ async fn mig_mixed_advertises_one_resource_per_profile() {
     );
     let (fixture, config) = (fixture.to_str().unwrap(), config.to_str().unwrap());
     let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
     let _agent = Agent::spawn(dir.path(), &["--mock-fixture", fixture, "--config", config]);
     let names = [
         "nvidia.com/gpu",
@@ -141,15 +154,19 @@ async fn mig_mixed_advertises_one_resource_per_profile() {
             .map(|m| m["uuid"].as_str().unwrap().to_string())
             .collect()
     };
-    let small = listed(&kubelet, &endpoint("nvidia.com/mig-1g.10gb")).await;
+    let small = streams
+        .listed(&kubelet, &endpoint("nvidia.com/mig-1g.10gb"))
+        .await;
     assert_eq!(small, mig_uuids("1g.10gb"));
     assert!(small.iter().all(|id| id.starts_with("MIG-")));
     assert_eq!(
-        listed(&kubelet, &endpoint("nvidia.com/mig-3g.40gb")).await,
+        streams
+            .listed(&kubelet, &endpoint("nvidia.com/mig-3g.40gb"))
+            .await,
         mig_uuids("3g.40gb")
     );
     assert_eq!(
-        listed(&kubelet, &endpoint("nvidia.com/gpu")).await,
+        streams.listed(&kubelet, &endpoint("nvidia.com/gpu")).await,
         [gpus[0]["uuid"].as_str().unwrap()]
     );
 
@@ -189,11 +206,12 @@ async fn vgpu_slices_carry_their_limits_and_stay_on_one_gpu() {
         "sharing: {vgpu: {resources: [{name: nvidia.com/gpu, memoryMiB: 20480, computePercent: 25}]}}\n",
     );
     let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
     let _agent = Agent::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
     let reg = kubelet.next_registration().await;
     // Every GPU is cut into slices, so no whole GPU is left to advertise.
     assert_eq!(reg.resource_name, "nvidia.com/gpu.vgpu");
-    let ids = listed(&kubelet, &reg.endpoint).await;
+    let ids = streams.listed(&kubelet, &reg.endpoint).await;
     // 81559 MiB / 20480 MiB = 3 slices per GPU.
     assert_eq!(ids.len(), 24);
     let uuid0 = ids[0].split("::").next().unwrap().to_string();
@@ -226,6 +244,7 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
         "flags: {migStrategy: mixed, plugin: {deviceListStrategy: [cdi-annotations, cdi-cri]}}\n",
     );
     let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
     let _agent = Agent::spawn(
         dir.path(),
         &[
@@ -246,7 +265,7 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
             .clone()
     };
 
-    let gpu = listed(&kubelet, &endpoint("nvidia.com/gpu")).await;
+    let gpu = streams.listed(&kubelet, &endpoint("nvidia.com/gpu")).await;
     let mut plugin = kubelet.plugin(&endpoint("nvidia.com/gpu")).await;
     let r = allocate(&mut plugin, &gpu).await.unwrap();
     let gpu_name = format!("nvidia.com/gpu={}", gpu[0]);
@@ -264,7 +283,9 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
         r.envs
     );
 
-    let migs = listed(&kubelet, &endpoint("nvidia.com/mig-1g.10gb")).await;
+    let migs = streams
+        .listed(&kubelet, &endpoint("nvidia.com/mig-1g.10gb"))
+        .await;
     let mut plugin = kubelet.plugin(&endpoint("nvidia.com/mig-1g.10gb")).await;
     let r = allocate(&mut plugin, &migs).await.unwrap();
     let mig_names: Vec<String> = migs.iter().map(|m| format!("nvidia.com/gpu={m}")).collect();
@@ -317,13 +338,14 @@ async fn volume_mounts_and_device_specs_with_index_ids() {
         "flags: {plugin: {deviceListStrategy: volume-mounts, deviceIDStrategy: index}}\n",
     );
     let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
     // passDeviceSpecs from the flag: flag > config file.
     let _agent = Agent::spawn(
         dir.path(),
         &["--config", config.to_str().unwrap(), "--pass-device-specs"],
     );
     let reg = kubelet.next_registration().await;
-    let ids = listed(&kubelet, &reg.endpoint).await;
+    let ids = streams.listed(&kubelet, &reg.endpoint).await;
     assert_eq!(ids, ["0", "1", "2", "3", "4", "5", "6", "7"]);
 
     let mut plugin = kubelet.plugin(&reg.endpoint).await;

@@ -14,6 +14,7 @@ use crate::proto::v1beta1::ContainerAllocateResponse;
 use crate::resources::{Device, Health, Resource, Strategy, VgpuSlice};
 
 pub use strategies::{NVIDIA_VISIBLE_DEVICES, VOLUME_MOUNTS_HOST_PATH, VOLUME_MOUNTS_ROOT};
+
 /// vGPU memory limit, in the HAMi-core interception library's format (`<n>m` = MiB).
 pub const CUDA_DEVICE_MEMORY_LIMIT: &str = "CUDA_DEVICE_MEMORY_LIMIT";
 /// vGPU SM share in percent (HAMi-core).
