@@ -6,9 +6,11 @@
 
 pub mod agent;
 pub mod allocate;
+pub mod cdi;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod device_nodes;
 pub mod gpu;
 pub mod health;
 pub mod logging;

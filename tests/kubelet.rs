@@ -169,11 +169,16 @@ async fn re_registers_after_kubelet_restart() {
     let mut kubelet = TestKubelet::start(dir.path()).await;
     let _agent = Agent::spawn(dir.path(), &[]);
     kubelet.next_registration().await;
+    // Streams stay open like a kubelet's: a stream the client drops reads as "the kubelet
+    // dropped our stream", which itself re-registers, and that extra Register would be taken
+    // for the next restart's.
+    let mut streams = Vec::new();
     for _ in 0..3 {
         kubelet.restart().await;
         let reg = kubelet.next_registration().await;
         let mut plugin = kubelet.plugin(&reg.endpoint).await;
         let mut stream = list_and_watch(&mut plugin).await;
         assert_eq!(next_list(&mut stream).await.devices.len(), 8);
+        streams.push((plugin, stream));
     }
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! backend ──inventory──┐
 //! config file ─config──┼─► assemble ─► Snapshot (watch) ─► plugin manager ─► one server per resource
-//! backend ─events─► health ┘                          └─► HTTP, labels
+//! backend ─events─► health ┘                          ├─► HTTP, labels
+//!                                                      └─► CDI spec file (cdi-* strategies)
 //! ```
 
 mod assemble;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+use crate::cdi;
 use crate::cli::RunArgs;
 use crate::commands::{build_failure, load_config, node_name, open_backend, Fatal};
 use crate::gpu::backend::BackendEvents;
@@ -136,6 +138,15 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         policy_tx,
         health_env,
         stats.clone(),
+        shutdown.clone(),
+    ));
+
+    // The CDI spec is on disk before the first plugin registers, and follows every change.
+    let mut cdi_writer = cdi::writer::SpecWriter::new(&args.cdi_spec_dir);
+    cdi_writer.sync_logged(&snapshots.borrow());
+    tokio::spawn(cdi::writer::run(
+        cdi_writer,
+        snapshots.clone(),
         shutdown.clone(),
     ));
 

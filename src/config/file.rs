@@ -2,6 +2,10 @@
 //! plus our extensions. Unknown fields are rejected. Values whose shape varies (`devices`,
 //! `deviceListStrategy`, durations) are kept raw here and checked in `validate`, so that every
 //! error can name its field path and all of them are reported at once.
+//!
+//! These structs only ever see a document that `schema` has already checked and cleaned, so
+//! deserializing it does not fail on the first problem; `deny_unknown_fields` stays as a safety
+//! net. A list element that `schema` found unusable is `null` here and reads as `None`.
 
 // Fields NVIDIA's schema defines but gpu-agent has no use for (mpsRoot, gfd, imex, …) are parsed so
 // that an NVIDIA config is accepted unchanged, and otherwise ignored.
@@ -93,8 +97,9 @@ pub struct TimeSlicing {
     pub rename_by_default: bool,
     #[serde(default)]
     pub fail_requests_greater_than_one: bool,
+    /// `None`: an element `schema` already reported as unusable (kept so indexes stay right).
     #[serde(default)]
-    pub resources: Vec<ReplicatedResource>,
+    pub resources: Vec<Option<ReplicatedResource>>,
 }
 
 /// `sharing.timeSlicing.resources[]`.
@@ -111,8 +116,9 @@ pub struct ReplicatedResource {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vgpu {
+    /// `None`: an element `schema` already reported as unusable.
     #[serde(default)]
-    pub resources: Vec<VgpuResource>,
+    pub resources: Vec<Option<VgpuResource>>,
 }
 
 /// `sharing.vgpu.resources[]`.

@@ -1,11 +1,13 @@
 //! The sharing / plugin config (SPEC.md section 3): NVIDIA's `version: v1` schema plus our
 //! `sharing.vgpu`, `health` and `strategy` extensions.
 //!
-//! [`file`] is the YAML as written (serde, unknown fields rejected); [`parse`] validates it into a
-//! [`Config`], collecting every error with its field path; [`Overrides`] are the flag / env values
+//! [`parse`] reads the YAML into a tree, checks it against a static `schema` (every unknown field
+//! and wrong type, with its path), deserializes the cleaned tree into `file` structs, and
+//! validates those into a [`Config`] — collecting every error with its field path; [`Overrides`] are the flag / env values
 //! that win over the file (precedence: flag > env > file > default).
 
 mod file;
+mod schema;
 mod validate;
 
 use std::collections::BTreeSet;
@@ -361,9 +363,32 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             "the file is empty; write `version: v1` for all defaults",
         )]);
     }
-    let raw: file::ConfigFile =
+    let mut tree: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(text).map_err(|e| vec![file::yaml_error(&e)])?;
-    validate::validate(raw)
+    if tree.is_null() {
+        return Err(vec![ConfigError::new(
+            "config",
+            "the file holds no settings (only comments?); write `version: v1` for all defaults",
+        )]);
+    }
+    let mut errors = Vec::new();
+    schema::check(&mut tree, &mut errors);
+    let raw: file::ConfigFile = match serde_yaml_ng::from_value(tree) {
+        Ok(raw) => raw,
+        Err(e) => {
+            // Only reachable if `schema` and `file` disagree; still report it with its path.
+            errors.push(file::yaml_error(&e));
+            return Err(errors);
+        }
+    };
+    match validate::validate(raw) {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            errors.extend(more);
+            Err(errors)
+        }
+    }
 }
 
 /// Read and validate the config file at `path`.

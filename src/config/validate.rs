@@ -6,12 +6,20 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_yaml_ng::Value;
 
 use super::file::{self, ConfigFile};
+use super::schema::short;
 use super::*;
 
 /// Most replicas per device: keeps the advertised list (and the kubelet's checkpoint) bounded.
 pub const MAX_REPLICAS: i64 = 1024;
 
 struct Errors(Vec<ConfigError>);
+
+/// Position in the file of each rule kept in `Config` (same order).
+#[derive(Default)]
+struct Positions {
+    time_slicing: Vec<usize>,
+    vgpu: Vec<usize>,
+}
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
@@ -55,16 +63,23 @@ pub fn validate(raw: ConfigFile) -> Result<Config, Vec<ConfigError>> {
     config.time_slicing.rename_by_default = raw.sharing.time_slicing.rename_by_default;
     config.time_slicing.fail_requests_greater_than_one =
         raw.sharing.time_slicing.fail_requests_greater_than_one;
+    // File positions of the rules kept, so that later errors name the entry as written even
+    // when an earlier one was rejected.
+    let mut positions = Positions::default();
     for (i, r) in raw.sharing.time_slicing.resources.iter().enumerate() {
+        let Some(r) = r else { continue };
         let path = format!("sharing.timeSlicing.resources[{i}]");
         if let Some(rule) = time_slicing_rule(&path, r, &mut errors) {
             config.time_slicing.resources.push(rule);
+            positions.time_slicing.push(i);
         }
     }
     for (i, r) in raw.sharing.vgpu.resources.iter().enumerate() {
+        let Some(r) = r else { continue };
         let path = format!("sharing.vgpu.resources[{i}]");
         if let Some(rule) = vgpu_rule(&path, r, &mut errors) {
             config.vgpu.push(rule);
+            positions.vgpu.push(i);
         }
     }
     match raw.sharing.placement.as_deref() {
@@ -75,7 +90,7 @@ pub fn validate(raw: ConfigFile) -> Result<Config, Vec<ConfigError>> {
             format!("must be spread or packed, got {other:?}"),
         ),
     }
-    sharing_overlaps(&raw, &config, &mut errors);
+    sharing_overlaps(&positions, &config, &mut errors);
 
     health(&raw.health, &mut config, &mut errors);
     strategy(&raw.strategy, &mut config, &mut errors);
@@ -180,12 +195,6 @@ pub fn parse_device_list_strategy(name: &str) -> Result<DeviceListStrategy, Stri
             "must be envvar, volume-mounts, cdi-annotations or cdi-cri, got {other:?}"
         )),
     }
-}
-
-fn short(v: &Value) -> String {
-    serde_yaml_ng::to_string(v)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into())
 }
 
 /// Extended resource names: `<domain>/<name>`, lower-case DNS-ish characters.
@@ -365,7 +374,7 @@ fn device_ref(value: &Value) -> Option<DeviceRef> {
 
 /// The static sharing rules of SPEC.md section 3: subsets need a rename, entries on the same
 /// source may not select the same device, and two entries may not advertise the same name.
-fn sharing_overlaps(raw: &ConfigFile, config: &Config, errors: &mut Errors) {
+fn sharing_overlaps(positions: &Positions, config: &Config, errors: &mut Errors) {
     struct Entry<'a> {
         path: String,
         source: &'a str,
@@ -375,7 +384,12 @@ fn sharing_overlaps(raw: &ConfigFile, config: &Config, errors: &mut Errors) {
     }
     let rename_by_default = config.time_slicing.rename_by_default;
     let mut entries = Vec::new();
-    for (i, r) in config.time_slicing.resources.iter().enumerate() {
+    for (r, &i) in config
+        .time_slicing
+        .resources
+        .iter()
+        .zip(&positions.time_slicing)
+    {
         let advertised = r.rename.clone().unwrap_or_else(|| {
             if rename_by_default {
                 format!("{}.shared", r.name)
@@ -391,7 +405,7 @@ fn sharing_overlaps(raw: &ConfigFile, config: &Config, errors: &mut Errors) {
             devices: &r.devices,
         });
     }
-    for (i, r) in config.vgpu.iter().enumerate() {
+    for (r, &i) in config.vgpu.iter().zip(&positions.vgpu) {
         let advertised = r
             .rename
             .clone()
@@ -404,7 +418,6 @@ fn sharing_overlaps(raw: &ConfigFile, config: &Config, errors: &mut Errors) {
             devices: &r.devices,
         });
     }
-    let _ = raw;
 
     for e in &entries {
         if *e.devices != DeviceSelector::All && !e.renamed {
@@ -632,6 +645,145 @@ strategy: {migRangeGiB: [20, 4]}
         ] {
             assert!(e.iter().any(|m| m.starts_with(needle)), "missing {needle:?} in {e:#?}");
         }
+    }
+
+    #[test]
+    fn unknown_fields_and_type_errors_are_all_reported_with_paths() {
+        let text = r#"
+version: 1
+colour: red
+flags:
+  foo: 1
+  failOnInitError: "yes"
+  plugin: {passDeviceSpecs: maybe, extra: true}
+sharing:
+  timeSlicing:
+    renameByDefault: 3
+    resources:
+      - {name: nvidia.com/gpu, replicas: four}
+      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.b, replicas: 1, devices: [0]}
+      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.c, replicas: 0, colour: blue, devices: [1]}
+      - {replicas: 2}
+      - just-a-string
+  vgpu:
+    resources:
+      - {name: nvidia.com/gpu, memoryMiB: lots, computePercent: 200}
+health: {ignoredXids: [13, x, ~], recoverAfter: soon}
+strategy: {trainingExclusiveAboveGiB: big, migRangeGiB: 4}
+"#;
+        let e = errors(text);
+        let expected = [
+            "version: expected a string, got an integer 1",
+            "colour: unknown field, expected one of version, flags, resources, sharing, imex, health, strategy",
+            "flags.foo: unknown field, expected one of migStrategy, failOnInitError,",
+            "flags.failOnInitError: expected true or false, got a string \"yes\"",
+            "flags.plugin.passDeviceSpecs: expected true or false, got a string \"maybe\"",
+            "flags.plugin.extra: unknown field, expected one of passDeviceSpecs,",
+            "sharing.timeSlicing.renameByDefault: expected true or false, got an integer 3",
+            "sharing.timeSlicing.resources[0].replicas: expected an integer, got a string \"four\"",
+            "sharing.timeSlicing.resources[1].replicas: must be >= 2, got 1",
+            "sharing.timeSlicing.resources[2].colour: unknown field, expected one of name, rename, devices, replicas",
+            "sharing.timeSlicing.resources[2].replicas: must be >= 2, got 0",
+            "sharing.timeSlicing.resources[3].name: required field missing",
+            "sharing.timeSlicing.resources[4]: expected a mapping, got a string \"just-a-string\"",
+            "sharing.vgpu.resources[0].memoryMiB: expected an integer, got a string \"lots\"",
+            "health.ignoredXids[1]: expected an integer, got a string \"x\"",
+            "health.ignoredXids[2]: expected an integer, got nothing",
+            "health.recoverAfter:",
+            "strategy.trainingExclusiveAboveGiB: expected a number, got a string \"big\"",
+            "strategy.migRangeGiB: expected a list, got an integer 4",
+        ];
+        for needle in expected {
+            assert!(
+                e.iter().any(|m| m.starts_with(needle)),
+                "missing {needle:?} in {e:#?}"
+            );
+        }
+        // Nothing is reported twice, and nothing beyond these (the vGPU entry lost its required
+        // memoryMiB, so its computePercent is not judged on top).
+        assert_eq!(e.len(), expected.len(), "{e:#?}");
+    }
+
+    #[test]
+    fn a_config_with_every_field_parses() {
+        // Guards the agreement of `schema` and `file`: every field both know.
+        let text = r#"
+version: v1
+flags:
+  migStrategy: mixed
+  failOnInitError: false
+  mpsRoot: /run/nvidia/mps
+  nvidiaDriverRoot: /run/nvidia/driver
+  nvidiaDevRoot: /
+  gdsEnabled: false
+  mofedEnabled: false
+  useNodeFeatureAPI: false
+  deviceDiscoveryStrategy: auto
+  plugin:
+    passDeviceSpecs: true
+    deviceListStrategy: [envvar, cdi-cri]
+    deviceIDStrategy: index
+    cdiAnnotationPrefix: cdi.example.com/
+    nvidiaCTKPath: /usr/bin/nvidia-ctk
+    containerDriverRoot: /driver-root
+  gfd: {oneshot: false}
+resources: {}
+sharing:
+  timeSlicing:
+    renameByDefault: true
+    failRequestsGreaterThanOne: true
+    resources:
+      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.ts, replicas: 2, devices: [0]}
+  mps: {resources: []}
+  vgpu:
+    resources:
+      - {name: nvidia.com/gpu, rename: nvidia.com/vgpu, memoryMiB: 1024, computePercent: 10, devices: [1]}
+  placement: packed
+imex: {}
+health: {ignoredXids: [13], recoverAfter: 1m}
+strategy: {trainingExclusiveAboveGiB: 16, inferenceSharedBelowGiB: 4.5, migRangeGiB: [4, 20]}
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.mig_strategy, MigStrategy::Mixed);
+        assert!(c.plugin.pass_device_specs);
+        assert_eq!(c.plugin.nvidia_driver_root, "/run/nvidia/driver");
+        assert_eq!(c.plugin.nvidia_dev_root, "/");
+        assert_eq!(c.plugin.cdi_annotation_prefix, "cdi.example.com/");
+        assert_eq!(c.shared_placement, SharedPlacement::Packed);
+        assert_eq!(c.strategy.inference_shared_below_gib, 4.5);
+        assert_eq!(c.vgpu[0].compute_percent, Some(10));
+    }
+
+    #[test]
+    fn whole_document_shape_errors() {
+        assert_eq!(
+            errors("- version: v1"),
+            ["config: expected a mapping of sections (version, flags, sharing, …), got a list - version: v1"]
+        );
+        assert!(errors("# nothing but a comment")[0].contains("no settings"));
+        // A YAML syntax error stops everything: there is no tree to walk.
+        let e = errors("flags: {migStrategy: [");
+        assert_eq!(e.len(), 1, "{e:?}");
+    }
+
+    #[test]
+    fn a_rejected_entry_does_not_shift_later_paths() {
+        let e = errors(
+            r#"
+sharing:
+  timeSlicing:
+    resources:
+      - {name: nvidia.com/gpu, replicas: x}
+      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.a, replicas: 2, devices: [0]}
+      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.a, replicas: 2, devices: [1]}
+"#,
+        );
+        assert!(
+            e.iter().any(|m| m.starts_with(
+                "sharing.timeSlicing.resources[2]: advertises nvidia.com/gpu.a which sharing.timeSlicing.resources[1]"
+            )),
+            "{e:#?}"
+        );
     }
 
     #[test]

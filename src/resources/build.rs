@@ -77,13 +77,18 @@ impl Unit<'_> {
             gpu_index: self.gpu.index,
             gpu_uuid: self.gpu.uuid.clone(),
             gpu_minor: self.gpu.minor_number,
-            mig: self.mig.map(|m| MigTarget {
-                uuid: m.uuid.clone(),
-                profile: m.profile.clone(),
-                index: m.index,
-                gpu_instance_id: m.gpu_instance_id,
-                compute_instance_id: m.compute_instance_id,
-                memory_mib: m.memory_mib,
+            mig: self.mig.map(|m| {
+                let (gi_cap, ci_cap) = m.cap_minors(self.gpu.minor_number);
+                MigTarget {
+                    uuid: m.uuid.clone(),
+                    profile: m.profile.clone(),
+                    index: m.index,
+                    gpu_instance_id: m.gpu_instance_id,
+                    compute_instance_id: m.compute_instance_id,
+                    memory_mib: m.memory_mib,
+                    gpu_instance_cap_minor: gi_cap,
+                    compute_instance_cap_minor: ci_cap,
+                }
             }),
             replica,
             vgpu,

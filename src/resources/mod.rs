@@ -69,6 +69,10 @@ pub struct MigTarget {
     pub gpu_instance_id: u32,
     pub compute_instance_id: u32,
     pub memory_mib: u64,
+    /// Minor of the `/dev/nvidia-caps/nvidia-capN` node granting access to the GPU instance.
+    pub gpu_instance_cap_minor: u32,
+    /// Minor of the `/dev/nvidia-caps/nvidia-capN` node granting access to the compute instance.
+    pub compute_instance_cap_minor: u32,
 }
 
 /// The vGPU slice a device is.

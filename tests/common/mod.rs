@@ -134,6 +134,19 @@ impl TestKubelet {
             .flatten()
     }
 
+    /// Register calls until every resource in `names` has registered (or panic after `WAIT`
+    /// per call); returns all of them, in arrival order.
+    pub async fn registrations_until(&mut self, names: &[&str]) -> Vec<RegisterRequest> {
+        let mut seen = Vec::new();
+        while !names
+            .iter()
+            .all(|n| seen.iter().any(|r: &RegisterRequest| r.resource_name == *n))
+        {
+            seen.push(self.next_registration().await);
+        }
+        seen
+    }
+
     /// Connect to the plugin that registered `endpoint`.
     pub async fn plugin(&self, endpoint: &str) -> DevicePluginClient<Channel> {
         let channel = uds::connect(&self.dir.join(endpoint), Duration::from_secs(5), None)
@@ -262,6 +275,13 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Replace `path` with `text` the way a ConfigMap update does: write a sibling, rename over.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-replace");
+    std::fs::write(&tmp, text).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename over file");
 }
 
 /// Poll `f` until it returns true or `WAIT` passes.

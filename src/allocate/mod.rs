@@ -1,16 +1,20 @@
 //! Device IDs → what the container runtime needs (`ContainerAllocateResponse`). Pure.
 //!
 //! The request is checked first (every ID known and healthy, replica and vGPU rules), then the
-//! underlying devices are handed over with each configured device-list strategy.
+//! underlying devices are handed over with each configured device-list strategy
+//! ([`strategies`]), plus device nodes ([`device_specs`]) and vGPU limits.
+
+pub mod device_specs;
+pub mod strategies;
 
 use std::collections::HashMap;
 
-use crate::config::{DeviceListStrategy, PluginSettings};
+use crate::config::PluginSettings;
 use crate::proto::v1beta1::ContainerAllocateResponse;
-use crate::resources::{Device, Health, Resource, Strategy};
+use crate::resources::{Device, Health, Resource, Strategy, VgpuSlice};
 
-/// Env var read by the NVIDIA container runtime.
-pub const NVIDIA_VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+pub use strategies::{NVIDIA_VISIBLE_DEVICES, VOLUME_MOUNTS_HOST_PATH, VOLUME_MOUNTS_ROOT};
+
 /// vGPU memory limit, in the HAMi-core interception library's format (`<n>m` = MiB).
 pub const CUDA_DEVICE_MEMORY_LIMIT: &str = "CUDA_DEVICE_MEMORY_LIMIT";
 /// vGPU SM share in percent (HAMi-core).
@@ -91,7 +95,12 @@ pub fn visible_ids(devices: &[&Device]) -> Vec<String> {
     out
 }
 
-/// Build the response for one container.
+/// Build the response for one container: the request is checked ([`resolve`]), the devices are
+/// handed over with every configured device-list strategy ([`strategies`]), device nodes are
+/// added under `passDeviceSpecs` ([`device_specs`]) and vGPU limits as env ([`vgpu_limits`]).
+///
+/// Like NVIDIA's plugin, device specs are only passed when at least one non-CDI strategy is
+/// configured: with CDI alone the spec file already gives the container its nodes.
 pub fn container_response(
     resource: &Resource,
     ids: &[String],
@@ -99,40 +108,35 @@ pub fn container_response(
 ) -> Result<ContainerAllocateResponse, AllocateError> {
     let devices = resolve(resource, ids)?;
     let visible = visible_ids(&devices);
-    let mut response = ContainerAllocateResponse {
-        envs: HashMap::new(),
-        ..Default::default()
-    };
-    for strategy in &plugin.device_list_strategies {
-        match strategy {
-            DeviceListStrategy::Envvar => {
-                response
-                    .envs
-                    .insert(NVIDIA_VISIBLE_DEVICES.into(), visible.join(","));
-            }
-            DeviceListStrategy::VolumeMounts
-            | DeviceListStrategy::CdiAnnotations
-            | DeviceListStrategy::CdiCri => {
-                // Filled in by the device-list strategies module.
-            }
-        }
+    let mut response = ContainerAllocateResponse::default();
+    strategies::apply(&mut response, &resource.name, &visible, plugin);
+    let any_legacy = plugin.device_list_strategies.iter().any(|s| !s.uses_cdi());
+    if plugin.pass_device_specs && any_legacy {
+        response.devices = device_specs::for_devices(&devices, &plugin.nvidia_dev_root);
     }
-    if let Some(slice) = devices.first().and_then(|d| d.target.vgpu.as_ref()) {
-        // Slices of one GPU add up: two 10 GiB slices give the container 20 GiB.
-        let memory: u64 = devices
-            .iter()
-            .filter_map(|d| d.target.vgpu.as_ref())
-            .map(|v| v.memory_mib)
-            .sum();
-        response
-            .envs
-            .insert(CUDA_DEVICE_MEMORY_LIMIT.into(), format!("{memory}m"));
-        if let Some(pct) = slice.compute_percent {
-            let total = (pct as usize * devices.len()).min(100);
-            response
-                .envs
-                .insert(CUDA_DEVICE_SM_LIMIT.into(), total.to_string());
-        }
-    }
+    vgpu_limits(&mut response.envs, &devices);
     Ok(response)
 }
+
+/// vGPU slices: `CUDA_DEVICE_MEMORY_LIMIT=<sum of slices>m` and, when the slices carry a
+/// compute share, `CUDA_DEVICE_SM_LIMIT=<sum of shares, at most 100>`. Set whatever the
+/// device-list strategy: the interception library reads them from the container's env.
+pub fn vgpu_limits(envs: &mut HashMap<String, String>, devices: &[&Device]) {
+    let slices: Vec<&VgpuSlice> = devices
+        .iter()
+        .filter_map(|d| d.target.vgpu.as_ref())
+        .collect();
+    let Some(first) = slices.first() else {
+        return;
+    };
+    // Slices of one GPU add up: two 10 GiB slices give the container 20 GiB.
+    let memory: u64 = slices.iter().map(|v| v.memory_mib).sum();
+    envs.insert(CUDA_DEVICE_MEMORY_LIMIT.into(), format!("{memory}m"));
+    if let Some(pct) = first.compute_percent {
+        let total = (u64::from(pct) * slices.len() as u64).min(100);
+        envs.insert(CUDA_DEVICE_SM_LIMIT.into(), total.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests;

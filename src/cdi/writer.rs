@@ -1,0 +1,209 @@
+//! Writes the CDI spec into the CDI dir whenever the snapshot's devices or settings change it.
+//!
+//! - Only while a CDI strategy is configured; the file is never removed, not on shutdown and not
+//!   when the config drops CDI: containers the kubelet restarts from its checkpoint resolve their
+//!   CDI names again without a new Allocate, also while the agent is restarting, so a missing spec
+//!   breaks pods while a stale one is harmless.
+//! - Atomically: a temp file in the same directory (its name ends in `.tmp`, which CDI registries
+//!   ignore), synced, then renamed over the spec, so a runtime never reads half a file.
+//! - Only when the bytes differ from what is on disk: health flaps do not rewrite it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::spec;
+use crate::snapshot::Snapshot;
+
+/// File name of our spec inside the CDI dir.
+pub const FILE_NAME: &str = "gpu-agent-nvidia.com-gpu.json";
+
+/// How long to wait before trying again after a failed write.
+pub const RETRY: Duration = Duration::from_secs(5);
+
+/// Keeps our spec file in step with the snapshots it is shown.
+#[derive(Debug)]
+pub struct SpecWriter {
+    path: PathBuf,
+    /// Bytes last known to be on disk.
+    written: Option<Vec<u8>>,
+}
+
+/// What [`SpecWriter::sync`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No CDI strategy configured: nothing to do.
+    NotConfigured,
+    /// The file already held this spec.
+    Unchanged,
+    /// The file was (re)written.
+    Written,
+}
+
+impl SpecWriter {
+    /// A writer for `<dir>/gpu-agent-nvidia.com-gpu.json`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            path: dir.join(FILE_NAME),
+            written: None,
+        }
+    }
+
+    /// The spec file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bring the file in line with `snapshot`.
+    pub fn sync(&mut self, snapshot: &Snapshot) -> std::io::Result<Outcome> {
+        let plugin = &snapshot.config.plugin;
+        if !plugin.device_list_strategies.iter().any(|s| s.uses_cdi()) {
+            return Ok(Outcome::NotConfigured);
+        }
+        let bytes = spec::build(&snapshot.inventory, plugin).to_bytes();
+        if self.written.is_none() {
+            // First look: a spec from an earlier run with the same content need not be touched.
+            self.written = std::fs::read(&self.path).ok();
+        }
+        if self.written.as_deref() == Some(bytes.as_slice()) {
+            return Ok(Outcome::Unchanged);
+        }
+        write_atomically(&self.path, &bytes)?;
+        self.written = Some(bytes);
+        Ok(Outcome::Written)
+    }
+
+    /// [`Self::sync`] with logging. True unless the write failed.
+    pub fn sync_logged(&mut self, snapshot: &Snapshot) -> bool {
+        match self.sync(snapshot) {
+            Ok(Outcome::Written) => {
+                tracing::info!(path = %self.path.display(), gpus = snapshot.inventory.gpus.len(), "CDI spec written");
+                true
+            }
+            Ok(_) => true,
+            Err(error) => {
+                tracing::error!(path = %self.path.display(), %error, retry_in = ?RETRY, "cannot write the CDI spec; containers using CDI devices will fail to start until it is written");
+                false
+            }
+        }
+    }
+}
+
+/// Write `bytes` to `path` so that readers see the old file or the new one, never a mix.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Keep the spec in step with `snapshots` until `shutdown`.
+pub async fn run(
+    mut writer: SpecWriter,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let ok = writer.sync_logged(&snapshot);
+        tokio::select! {
+            _ = crate::sync::until_true(&mut shutdown) => break,
+            changed = snapshots.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(RETRY), if !ok => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, Config};
+    use crate::gpu::fixture;
+    use crate::health::HealthState;
+
+    fn snapshot(fixture_text: &str, config: Config) -> Snapshot {
+        let inventory = fixture::parse(fixture_text).unwrap().inventory;
+        Snapshot::build(
+            Arc::new(inventory),
+            Arc::new(config),
+            Arc::new(HealthState::default()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn writes_only_with_cdi_and_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let cdi_dir = dir.path().join("cdi");
+        let mut writer = SpecWriter::new(&cdi_dir);
+        let one = "gpus: [{model: NVIDIA H100 80GB HBM3}]";
+        let two = "gpus: [{model: NVIDIA H100 80GB HBM3}, {model: NVIDIA H100 80GB HBM3}]";
+
+        let plain = snapshot(one, Config::default());
+        assert_eq!(writer.sync(&plain).unwrap(), Outcome::NotConfigured);
+        assert!(!writer.path().exists());
+
+        let cdi = config::parse("flags: {plugin: {deviceListStrategy: cdi-cri}}").unwrap();
+        assert_eq!(
+            writer.sync(&snapshot(one, cdi.clone())).unwrap(),
+            Outcome::Written
+        );
+        let first: spec::Spec =
+            serde_json::from_slice(&std::fs::read(writer.path()).unwrap()).unwrap();
+        assert_eq!(first.devices.len(), 2);
+        assert_eq!(
+            writer.sync(&snapshot(one, cdi.clone())).unwrap(),
+            Outcome::Unchanged
+        );
+        assert_eq!(
+            writer.sync(&snapshot(two, cdi.clone())).unwrap(),
+            Outcome::Written
+        );
+        let second: spec::Spec =
+            serde_json::from_slice(&std::fs::read(writer.path()).unwrap()).unwrap();
+        assert_eq!(second.devices.len(), 4);
+
+        // Dropping CDI leaves the file in place.
+        assert_eq!(writer.sync(&plain).unwrap(), Outcome::NotConfigured);
+        assert!(writer.path().exists());
+
+        // A new writer (agent restart) finds the same content and leaves it alone.
+        let mut again = SpecWriter::new(&cdi_dir);
+        assert_eq!(again.sync(&snapshot(two, cdi)).unwrap(), Outcome::Unchanged);
+        // No temp files left behind.
+        let names: Vec<String> = std::fs::read_dir(&cdi_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [FILE_NAME]);
+    }
+
+    #[test]
+    fn a_write_failure_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        // The CDI "dir" is a file: nothing can be created under it.
+        let blocker = dir.path().join("not-a-dir");
+        std::fs::write(&blocker, b"x").unwrap();
+        let mut writer = SpecWriter::new(&blocker);
+        let cdi = config::parse("flags: {plugin: {deviceListStrategy: cdi-annotations}}").unwrap();
+        let s = snapshot("gpus: [{model: NVIDIA H100 80GB HBM3}]", cdi);
+        assert!(writer.sync(&s).is_err());
+        assert!(!writer.sync_logged(&s));
+    }
+}

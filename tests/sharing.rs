@@ -1,0 +1,394 @@
+//! Sharing strategies and device-list strategies through a test kubelet against the real binary:
+//! time-slicing, MIG mixed, vGPU slices, CDI (response and spec file), volume-mounts and
+//! passDeviceSpecs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use gpu_agent::proto::v1beta1::{
+    device_plugin_client::DevicePluginClient, AllocateRequest, ContainerAllocateRequest,
+    ContainerAllocateResponse, ListAndWatchResponse,
+};
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn allocate(
+    plugin: &mut DevicePluginClient<Channel>,
+    ids: &[String],
+) -> Result<ContainerAllocateResponse, tonic::Status> {
+    plugin
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: ids.to_vec(),
+            }],
+        })
+        .await
+        .map(|r| r.into_inner().container_responses.remove(0))
+}
+
+/// Open ListAndWatch streams, held like a kubelet holds them: a stream the client drops reads
+/// as "the kubelet dropped our stream", which makes the agent re-serve and re-register.
+#[derive(Default)]
+struct Streams(Vec<(DevicePluginClient<Channel>, Streaming<ListAndWatchResponse>)>);
+
+impl Streams {
+    /// Device IDs of the first ListAndWatch message of the plugin at `endpoint`; the stream
+    /// stays open.
+    async fn listed(&mut self, kubelet: &TestKubelet, endpoint: &str) -> Vec<String> {
+        let mut plugin = kubelet.plugin(endpoint).await;
+        let mut stream = list_and_watch(&mut plugin).await;
+        let ids = next_list(&mut stream)
+            .await
+            .devices
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        self.0.push((plugin, stream));
+        ids
+    }
+}
+
+/// `list --output json` for the same inputs, to know the UUIDs the agent sees.
+fn list_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["list", "--backend", "mock", "--output", "json"];
+    all.extend_from_slice(args);
+    let (code, stdout, stderr) = run_cli(&all);
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[tokio::test]
+async fn time_sliced_replicas_and_fail_requests_greater_than_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        "version: v1\nsharing:\n  timeSlicing:\n    failRequestsGreaterThanOne: true\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n",
+    );
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
+    let _agent = Agent::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
+    let reg = kubelet.next_registration().await;
+    assert_eq!(reg.resource_name, "nvidia.com/gpu");
+
+    let ids = streams.listed(&kubelet, &reg.endpoint).await;
+    assert_eq!(ids.len(), 32);
+    let doc = list_json(&[]);
+    for (g, gpu) in doc["gpus"].as_array().unwrap().iter().enumerate() {
+        let uuid = gpu["uuid"].as_str().unwrap();
+        for n in 0..4 {
+            assert_eq!(ids[g * 4 + n], format!("{uuid}::{n}"));
+        }
+    }
+
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+    let r = allocate(&mut plugin, &ids[5..6]).await.unwrap();
+    assert_eq!(
+        r.envs["NVIDIA_VISIBLE_DEVICES"],
+        doc["gpus"][1]["uuid"].as_str().unwrap()
+    );
+    let status = allocate(&mut plugin, &ids[0..2]).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("failRequestsGreaterThanOne"),
+        "{}",
+        status.message()
+    );
+}
+
+const MIG_NODE: &str = r#"
+gpus:
+  - {model: NVIDIA H100 80GB HBM3}
+  - {model: NVIDIA H100 80GB HBM3, mig: {devices: [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb]}}
+"#;
+
+#[tokio::test]
+async fn mig_mixed_advertises_one_resource_per_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = write(dir.path(), "node.yaml", MIG_NODE);
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        "flags: {migStrategy: mixed, plugin: {passDeviceSpecs: true}}\n",
+    );
+    let (fixture, config) = (fixture.to_str().unwrap(), config.to_str().unwrap());
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
+    let _agent = Agent::spawn(dir.path(), &["--mock-fixture", fixture, "--config", config]);
+    let names = [
+        "nvidia.com/gpu",
+        "nvidia.com/mig-1g.10gb",
+        "nvidia.com/mig-2g.20gb",
+        "nvidia.com/mig-3g.40gb",
+    ];
+    let regs = kubelet.registrations_until(&names).await;
+    assert_eq!(regs.len(), names.len(), "{regs:?}");
+    let endpoint = |name: &str| {
+        regs.iter()
+            .find(|r| r.resource_name == name)
+            .unwrap()
+            .endpoint
+            .clone()
+    };
+    assert_eq!(
+        endpoint("nvidia.com/mig-1g.10gb"),
+        "gpu-agent-nvidia.com_mig-1g.10gb.sock"
+    );
+
+    let doc = list_json(&["--mock-fixture", fixture]);
+    let gpus = doc["gpus"].as_array().unwrap();
+    let mig_uuids = |profile: &str| -> Vec<String> {
+        gpus[1]["migDevices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["profile"] == profile)
+            .map(|m| m["uuid"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let small = streams
+        .listed(&kubelet, &endpoint("nvidia.com/mig-1g.10gb"))
+        .await;
+    assert_eq!(small, mig_uuids("1g.10gb"));
+    assert!(small.iter().all(|id| id.starts_with("MIG-")));
+    assert_eq!(
+        streams
+            .listed(&kubelet, &endpoint("nvidia.com/mig-3g.40gb"))
+            .await,
+        mig_uuids("3g.40gb")
+    );
+    assert_eq!(
+        streams.listed(&kubelet, &endpoint("nvidia.com/gpu")).await,
+        [gpus[0]["uuid"].as_str().unwrap()]
+    );
+
+    let mut plugin = kubelet.plugin(&endpoint("nvidia.com/mig-1g.10gb")).await;
+    let r = allocate(&mut plugin, &small[1..2]).await.unwrap();
+    assert_eq!(r.envs["NVIDIA_VISIBLE_DEVICES"], small[1]);
+    let paths: Vec<&str> = r
+        .devices
+        .iter()
+        .map(|d| d.container_path.as_str())
+        .collect();
+    assert_eq!(paths.len(), 6, "{paths:?}");
+    assert_eq!(
+        &paths[..4],
+        [
+            "/dev/nvidiactl",
+            "/dev/nvidia-uvm",
+            "/dev/nvidia-uvm-tools",
+            "/dev/nvidia1"
+        ]
+    );
+    assert!(
+        paths[4..]
+            .iter()
+            .all(|p| p.starts_with("/dev/nvidia-caps/nvidia-cap")),
+        "{paths:?}"
+    );
+    assert_ne!(paths[4], paths[5]);
+}
+
+#[tokio::test]
+async fn vgpu_slices_carry_their_limits_and_stay_on_one_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        "sharing: {vgpu: {resources: [{name: nvidia.com/gpu, memoryMiB: 20480, computePercent: 25}]}}\n",
+    );
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
+    let _agent = Agent::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
+    let reg = kubelet.next_registration().await;
+    // Every GPU is cut into slices, so no whole GPU is left to advertise.
+    assert_eq!(reg.resource_name, "nvidia.com/gpu.vgpu");
+    let ids = streams.listed(&kubelet, &reg.endpoint).await;
+    // 81559 MiB / 20480 MiB = 3 slices per GPU.
+    assert_eq!(ids.len(), 24);
+    let uuid0 = ids[0].split("::").next().unwrap().to_string();
+    assert_eq!(ids[..3], [0, 1, 2].map(|n| format!("{uuid0}::vgpu{n}")));
+
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+    let r = allocate(&mut plugin, &ids[0..2]).await.unwrap();
+    assert_eq!(r.envs["NVIDIA_VISIBLE_DEVICES"], uuid0);
+    assert_eq!(r.envs["CUDA_DEVICE_MEMORY_LIMIT"], "40960m");
+    assert_eq!(r.envs["CUDA_DEVICE_SM_LIMIT"], "50");
+
+    let status = allocate(&mut plugin, &[ids[0].clone(), ids[3].clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("different GPUs"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn cdi_strategies_fill_the_response_and_write_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = write(dir.path(), "node.yaml", MIG_NODE);
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        "flags: {migStrategy: mixed, plugin: {deviceListStrategy: [cdi-annotations, cdi-cri]}}\n",
+    );
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
+    let _agent = Agent::spawn(
+        dir.path(),
+        &[
+            "--mock-fixture",
+            fixture.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let regs = kubelet
+        .registrations_until(&["nvidia.com/gpu", "nvidia.com/mig-1g.10gb"])
+        .await;
+    let endpoint = |name: &str| {
+        regs.iter()
+            .find(|r| r.resource_name == name)
+            .unwrap()
+            .endpoint
+            .clone()
+    };
+
+    let gpu = streams.listed(&kubelet, &endpoint("nvidia.com/gpu")).await;
+    let mut plugin = kubelet.plugin(&endpoint("nvidia.com/gpu")).await;
+    let r = allocate(&mut plugin, &gpu).await.unwrap();
+    let gpu_name = format!("nvidia.com/gpu={}", gpu[0]);
+    assert_eq!(
+        r.cdi_devices.iter().map(|d| &d.name).collect::<Vec<_>>(),
+        [&gpu_name]
+    );
+    assert_eq!(
+        r.annotations["cdi.k8s.io/gpu-agent_nvidia.com_gpu"],
+        gpu_name
+    );
+    assert!(
+        !r.envs.contains_key("NVIDIA_VISIBLE_DEVICES"),
+        "{:?}",
+        r.envs
+    );
+
+    let migs = streams
+        .listed(&kubelet, &endpoint("nvidia.com/mig-1g.10gb"))
+        .await;
+    let mut plugin = kubelet.plugin(&endpoint("nvidia.com/mig-1g.10gb")).await;
+    let r = allocate(&mut plugin, &migs).await.unwrap();
+    let mig_names: Vec<String> = migs.iter().map(|m| format!("nvidia.com/gpu={m}")).collect();
+    assert_eq!(
+        r.cdi_devices
+            .iter()
+            .map(|d| d.name.clone())
+            .collect::<Vec<_>>(),
+        mig_names
+    );
+    assert_eq!(
+        r.annotations["cdi.k8s.io/gpu-agent_nvidia.com_mig-1g.10gb"],
+        mig_names.join(",")
+    );
+
+    // The spec names every device handed out, with its nodes.
+    let spec_path = dir.path().join("cdi").join("gpu-agent-nvidia.com-gpu.json");
+    eventually("the CDI spec", || spec_path.exists()).await;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
+    assert_eq!(spec["kind"], "nvidia.com/gpu");
+    assert_eq!(spec["cdiVersion"], "0.6.0");
+    assert_eq!(
+        spec["containerEdits"]["env"][0],
+        "NVIDIA_VISIBLE_DEVICES=void"
+    );
+    let devices = spec["devices"].as_array().unwrap();
+    for name in std::iter::once(&gpu_name).chain(&mig_names) {
+        let id = name.strip_prefix("nvidia.com/gpu=").unwrap();
+        let device = devices
+            .iter()
+            .find(|d| d["name"] == id)
+            .unwrap_or_else(|| panic!("{id} not in the spec: {spec:#}"));
+        let first_node = &device["containerEdits"]["deviceNodes"][0]["path"];
+        let expected = if id == gpu[0] {
+            "/dev/nvidia0"
+        } else {
+            "/dev/nvidia1"
+        };
+        assert_eq!(first_node, expected);
+    }
+}
+
+#[tokio::test]
+async fn volume_mounts_and_device_specs_with_index_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "config.yaml",
+        "flags: {plugin: {deviceListStrategy: volume-mounts, deviceIDStrategy: index}}\n",
+    );
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let mut streams = Streams::default();
+    // passDeviceSpecs from the flag: flag > config file.
+    let _agent = Agent::spawn(
+        dir.path(),
+        &["--config", config.to_str().unwrap(), "--pass-device-specs"],
+    );
+    let reg = kubelet.next_registration().await;
+    let ids = streams.listed(&kubelet, &reg.endpoint).await;
+    assert_eq!(ids, ["0", "1", "2", "3", "4", "5", "6", "7"]);
+
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+    let r = allocate(&mut plugin, &["3".into(), "6".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.envs["NVIDIA_VISIBLE_DEVICES"],
+        "/var/run/nvidia-container-devices"
+    );
+    let mounts: Vec<(&str, &str, bool)> = r
+        .mounts
+        .iter()
+        .map(|m| (m.container_path.as_str(), m.host_path.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("/var/run/nvidia-container-devices/3", "/dev/null", true),
+            ("/var/run/nvidia-container-devices/6", "/dev/null", true),
+        ]
+    );
+    let specs: Vec<(&str, &str, &str)> = r
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.container_path.as_str(),
+                d.host_path.as_str(),
+                d.permissions.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        specs,
+        [
+            ("/dev/nvidiactl", "/dev/nvidiactl", "rw"),
+            ("/dev/nvidia-uvm", "/dev/nvidia-uvm", "rw"),
+            ("/dev/nvidia-uvm-tools", "/dev/nvidia-uvm-tools", "rw"),
+            ("/dev/nvidia3", "/dev/nvidia3", "rw"),
+            ("/dev/nvidia6", "/dev/nvidia6", "rw"),
+        ]
+    );
+    // No CDI strategy: no spec file.
+    assert!(!dir.path().join("cdi").exists());
+}
