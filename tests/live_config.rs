@@ -219,7 +219,7 @@ async fn mig_repartition_is_picked_up_without_a_restart() {
     assert_eq!(migs.len(), 7);
 
     // The CDI spec follows the new layout.
-    let spec_path = dir.path().join("cdi").join("gpu-agent-nvidia.com-gpu.json");
+    let spec_path = dir.path().join("cdi").join("k8s.gpu-agent.io-gpu.json");
     eventually("the CDI spec to name the new MIG devices", || {
         let Ok(bytes) = std::fs::read(&spec_path) else {
             return false;

@@ -268,7 +268,7 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
     let gpu = streams.listed(&kubelet, &endpoint("nvidia.com/gpu")).await;
     let mut plugin = kubelet.plugin(&endpoint("nvidia.com/gpu")).await;
     let r = allocate(&mut plugin, &gpu).await.unwrap();
-    let gpu_name = format!("nvidia.com/gpu={}", gpu[0]);
+    let gpu_name = format!("k8s.gpu-agent.io/gpu={}", gpu[0]);
     assert_eq!(
         r.cdi_devices.iter().map(|d| &d.name).collect::<Vec<_>>(),
         [&gpu_name]
@@ -288,7 +288,7 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
         .await;
     let mut plugin = kubelet.plugin(&endpoint("nvidia.com/mig-1g.10gb")).await;
     let r = allocate(&mut plugin, &migs).await.unwrap();
-    let mig_names: Vec<String> = migs.iter().map(|m| format!("nvidia.com/gpu={m}")).collect();
+    let mig_names: Vec<String> = migs.iter().map(|m| format!("k8s.gpu-agent.io/gpu={m}")).collect();
     assert_eq!(
         r.cdi_devices
             .iter()
@@ -302,11 +302,11 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
     );
 
     // The spec names every device handed out, with its nodes.
-    let spec_path = dir.path().join("cdi").join("gpu-agent-nvidia.com-gpu.json");
+    let spec_path = dir.path().join("cdi").join("k8s.gpu-agent.io-gpu.json");
     eventually("the CDI spec", || spec_path.exists()).await;
     let spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
-    assert_eq!(spec["kind"], "nvidia.com/gpu");
+    assert_eq!(spec["kind"], "k8s.gpu-agent.io/gpu");
     assert_eq!(spec["cdiVersion"], "0.6.0");
     assert_eq!(
         spec["containerEdits"]["env"][0],
@@ -314,7 +314,7 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
     );
     let devices = spec["devices"].as_array().unwrap();
     for name in std::iter::once(&gpu_name).chain(&mig_names) {
-        let id = name.strip_prefix("nvidia.com/gpu=").unwrap();
+        let id = name.strip_prefix("k8s.gpu-agent.io/gpu=").unwrap();
         let device = devices
             .iter()
             .find(|d| d["name"] == id)

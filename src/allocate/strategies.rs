@@ -5,8 +5,8 @@
 //! | --- | --- |
 //! | `envvar` | `NVIDIA_VISIBLE_DEVICES=<id>,<id>` |
 //! | `volume-mounts` | `NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices` and one read-only mount of `/dev/null` at `/var/run/nvidia-container-devices/<id>` per device (wins over `envvar`'s value, as in NVIDIA's plugin) |
-//! | `cdi-annotations` | annotation [`cdi::annotation_key`] = `nvidia.com/gpu=<id>,…` |
-//! | `cdi-cri` | `cdi_devices` = `nvidia.com/gpu=<id>`, … |
+//! | `cdi-annotations` | annotation [`cdi::annotation_key`] = `k8s.gpu-agent.io/gpu=<id>,…` |
+//! | `cdi-cri` | `cdi_devices` = `k8s.gpu-agent.io/gpu=<id>`, … |
 //!
 //! `<id>` is the device's visible ID: GPU UUID or index, MIG UUID or `<gpu>:<mig>`; replicas and
 //! vGPU slices name their underlying device, once.

@@ -124,7 +124,7 @@ fn cdi_strategies_name_fully_qualified_devices() {
         std::slice::from_ref(&mig.uuid),
     )
     .unwrap();
-    let name = format!("nvidia.com/gpu={}", mig.uuid);
+    let name = format!("k8s.gpu-agent.io/gpu={}", mig.uuid);
     assert_eq!(
         r.cdi_devices
             .iter()
@@ -148,7 +148,7 @@ fn cdi_strategies_name_fully_qualified_devices() {
     assert_eq!(
         r.annotations["cdi.k8s.io/gpu-agent_nvidia.com_gpu"],
         format!(
-            "nvidia.com/gpu={},nvidia.com/gpu={}",
+            "k8s.gpu-agent.io/gpu={},k8s.gpu-agent.io/gpu={}",
             inv.gpus[0].uuid, inv.gpus[1].uuid
         )
     );
@@ -164,7 +164,7 @@ fn cdi_annotation_prefix_and_envvar_combine() {
     assert_eq!(r.envs[NVIDIA_VISIBLE_DEVICES], inv.gpus[1].uuid);
     assert_eq!(
         r.annotations["cdi.example.com/gpu-agent_nvidia.com_gpu"],
-        format!("nvidia.com/gpu={}", inv.gpus[1].uuid)
+        format!("k8s.gpu-agent.io/gpu={}", inv.gpus[1].uuid)
     );
     assert!(r.cdi_devices.is_empty());
 }

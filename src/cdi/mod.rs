@@ -1,7 +1,7 @@
 //! Container Device Interface (CDI): the names Allocate hands to the runtime under the
 //! `cdi-annotations` / `cdi-cri` strategies, and the spec file that resolves them.
 //!
-//! - [`device_name`]: `nvidia.com/gpu=<id>`, `<id>` being the device's visible ID (GPU UUID or
+//! - [`device_name`]: `k8s.gpu-agent.io/gpu=<id>`, `<id>` being the device's visible ID (GPU UUID or
 //!   index, MIG UUID or `<gpu>:<mig>`), exactly what `NVIDIA_VISIBLE_DEVICES` would hold.
 //! - [`annotation_key`]: one key per resource (see there).
 //! - [`spec`]: the pure spec builder; [`writer`]: writes it atomically when it changes.
@@ -9,12 +9,15 @@
 pub mod spec;
 pub mod writer;
 
-/// CDI vendor of our devices.
-pub const VENDOR: &str = "nvidia.com";
+/// CDI vendor of our devices. Not `nvidia.com`: the NVIDIA Container Toolkit's own spec
+/// (`nvidia-ctk cdi generate`) defines `nvidia.com/gpu=<uuid>` too, and two specs defining the
+/// same device make the runtime reject both; NVIDIA's device plugin avoids it the same way
+/// (`k8s.device-plugin.nvidia.com`).
+pub const VENDOR: &str = "k8s.gpu-agent.io";
 /// CDI class of our devices.
 pub const CLASS: &str = "gpu";
 /// `<vendor>/<class>`: the spec's `kind` and the prefix of every device name.
-pub const KIND: &str = "nvidia.com/gpu";
+pub const KIND: &str = "k8s.gpu-agent.io/gpu";
 /// CDI spec version written. 0.6.0 is understood by containerd ≥ 1.7.2 and CRI-O ≥ 1.28 and
 /// carries everything we use (device nodes with host paths, env).
 pub const CDI_VERSION: &str = "0.6.0";
@@ -77,8 +80,8 @@ mod tests {
 
     #[test]
     fn names_and_keys() {
-        assert_eq!(device_name("GPU-1"), "nvidia.com/gpu=GPU-1");
-        assert_eq!(device_name("0:1"), "nvidia.com/gpu=0:1");
+        assert_eq!(device_name("GPU-1"), "k8s.gpu-agent.io/gpu=GPU-1");
+        assert_eq!(device_name("0:1"), "k8s.gpu-agent.io/gpu=0:1");
         assert_eq!(
             annotation_key("cdi.k8s.io/", "nvidia.com/gpu"),
             "cdi.k8s.io/gpu-agent_nvidia.com_gpu"

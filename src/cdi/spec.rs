@@ -70,7 +70,7 @@ impl DeviceNode {
 }
 
 impl Spec {
-    /// The device called `name` (without the `nvidia.com/gpu=` prefix).
+    /// The device called `name` (without the `k8s.gpu-agent.io/gpu=` prefix).
     pub fn device(&self, name: &str) -> Option<&Device> {
         self.devices.iter().find(|d| d.name == name)
     }
@@ -149,7 +149,7 @@ gpus:
         let inv = fixture::parse(NODE).unwrap().inventory;
         let spec = build(&inv, &PluginSettings::default());
         assert_eq!(spec.cdi_version, "0.6.0");
-        assert_eq!(spec.kind, "nvidia.com/gpu");
+        assert_eq!(spec.kind, "k8s.gpu-agent.io/gpu");
         let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
         let g = &inv.gpus;
         let m = &g[1].mig_devices;

@@ -19,7 +19,7 @@ use super::spec;
 use crate::snapshot::Snapshot;
 
 /// File name of our spec inside the CDI dir.
-pub const FILE_NAME: &str = "gpu-agent-nvidia.com-gpu.json";
+pub const FILE_NAME: &str = "k8s.gpu-agent.io-gpu.json";
 
 /// How long to wait before trying again after a failed write.
 pub const RETRY: Duration = Duration::from_secs(5);
@@ -44,7 +44,7 @@ pub enum Outcome {
 }
 
 impl SpecWriter {
-    /// A writer for `<dir>/gpu-agent-nvidia.com-gpu.json`.
+    /// A writer for `<dir>/k8s.gpu-agent.io-gpu.json`.
     pub fn new(dir: &Path) -> Self {
         Self {
             path: dir.join(FILE_NAME),
