@@ -156,9 +156,10 @@ fn enumerate(
         return;
     }
     for i in start..=free.len() - want {
-        state.add(free[i]);
+        let rest = &free[i + 1..];
+        state.add_in(free[i], rest.iter().copied());
         enumerate(state, free, i + 1, want - 1, best);
-        state.remove(free[i]);
+        state.remove_in(free[i], rest.iter().copied());
     }
 }
 
@@ -313,6 +314,16 @@ impl<'p> State<'p> {
     }
 
     fn add(&mut self, v: usize) {
+        self.add_in(v, 0..self.p.n);
+    }
+
+    fn remove(&mut self, u: usize) {
+        self.remove_in(u, 0..self.p.n);
+    }
+
+    /// Add `v`, keeping the per-candidate totals right only for the candidates in `scope`
+    /// (the enumeration only looks at the ones after `v`).
+    fn add_in(&mut self, v: usize, scope: impl IntoIterator<Item = usize>) {
         if self.set & 1 << v != 0 {
             return;
         }
@@ -321,7 +332,7 @@ impl<'p> State<'p> {
         self.links += self.links_to[v];
         self.pcie += self.pcie_to[v];
         let n = self.p.n;
-        for w in 0..n {
+        for w in scope {
             self.links_to[w] += u64::from(self.p.links[v * n + w]);
             self.pcie_to[w] += u64::from(self.p.pcie[v * n + w]);
         }
@@ -334,14 +345,16 @@ impl<'p> State<'p> {
         }
     }
 
-    fn remove(&mut self, u: usize) {
+    /// Undo [`State::add_in`] with the same scope. `u`'s own totals must be right, which they
+    /// are when `u` was in the scope of every add since it joined.
+    fn remove_in(&mut self, u: usize, scope: impl IntoIterator<Item = usize>) {
         if self.set & 1 << u == 0 {
             return;
         }
         self.set &= !(1 << u);
         self.count -= 1;
         let n = self.p.n;
-        for w in 0..n {
+        for w in scope {
             self.links_to[w] -= u64::from(self.p.links[u * n + w]);
             self.pcie_to[w] -= u64::from(self.p.pcie[u * n + w]);
         }
