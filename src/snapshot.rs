@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::gpu::Inventory;
 use crate::health::HealthState;
+use crate::preferred::Topology;
 use crate::resources::{self, BuildError, ResourceSet};
 
 /// One consistent view of the node.
@@ -16,6 +17,9 @@ pub struct Snapshot {
     pub config: Arc<Config>,
     pub health: Arc<HealthState>,
     pub resources: Arc<ResourceSet>,
+    /// GPU interconnect tables for GetPreferredAllocation, built once here so that no RPC reads
+    /// topology from the hardware.
+    pub topology: Arc<Topology>,
     /// Problems tolerated while building (e.g. MIG with `failOnInitError: false`).
     pub warnings: Arc<Vec<String>>,
 }
@@ -28,11 +32,13 @@ impl Snapshot {
         health: Arc<HealthState>,
     ) -> Result<Self, Vec<BuildError>> {
         let built = resources::build(&inventory, &config, &health)?;
+        let topology = Arc::new(Topology::new(&inventory));
         Ok(Self {
             inventory,
             config,
             health,
             resources: Arc::new(built.resources),
+            topology,
             warnings: Arc::new(built.warnings),
         })
     }

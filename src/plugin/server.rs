@@ -170,16 +170,19 @@ impl DevicePlugin for PluginService {
             .container_requests
             .iter()
             .map(|r| {
-                let size = usize::try_from(r.allocation_size).unwrap_or(0);
-                ContainerPreferredAllocationResponse {
-                    device_i_ds: preferred::choose(
-                        resource,
-                        &snapshot.inventory,
-                        &r.available_device_i_ds,
-                        &r.must_include_device_i_ds,
-                        size,
-                    ),
-                }
+                let request = preferred::Request {
+                    available: &r.available_device_i_ds,
+                    must_include: &r.must_include_device_i_ds,
+                    size: usize::try_from(r.allocation_size).unwrap_or(0),
+                };
+                let device_i_ds = preferred::choose(
+                    resource,
+                    &snapshot.topology,
+                    snapshot.config.shared_placement,
+                    &request,
+                );
+                tracing::debug!(resource = %self.resource, size = request.size, chosen = ?device_i_ds, "preferred allocation");
+                ContainerPreferredAllocationResponse { device_i_ds }
             })
             .collect();
         Ok(Response::new(PreferredAllocationResponse {
