@@ -175,7 +175,7 @@ async fn re_registers_after_kubelet_restart() {
     let mut streams = Vec::new();
     for _ in 0..3 {
         kubelet.restart().await;
-        let reg = kubelet.next_registration().await;
+        let reg = kubelet.next_registration_from_current().await;
         let mut plugin = kubelet.plugin(&reg.endpoint).await;
         let mut stream = list_and_watch(&mut plugin).await;
         assert_eq!(next_list(&mut stream).await.devices.len(), 8);

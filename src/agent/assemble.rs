@@ -61,6 +61,10 @@ pub async fn run(
                     ));
                     good_config = config;
                 }
+                crate::health::report::log_changes(
+                    &snapshots.borrow().resources,
+                    &snapshot.resources,
+                );
                 snapshots.send_replace(Arc::new(snapshot));
             }
             Err(errors) => {

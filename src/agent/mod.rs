@@ -7,7 +7,7 @@
 //!                                                      └─► CDI spec file (cdi-* strategies)
 //! ```
 
-mod assemble;
+pub mod assemble;
 mod config_watch;
 
 use std::sync::atomic::AtomicU64;
@@ -20,7 +20,8 @@ use crate::cdi;
 use crate::cli::RunArgs;
 use crate::commands::{build_failure, load_config, node_name, open_backend, Fatal};
 use crate::gpu::backend::BackendEvents;
-use crate::health::watcher::{self, XidCounts, EVENT_CHANNEL_CAPACITY};
+use crate::health::queue;
+use crate::health::watcher::{self, XidCounts};
 use crate::health::{HealthPolicy, HealthTracker};
 use crate::plugin::{kubelet_watch, manager, PluginContext, StatusBoard};
 use crate::proto::v1beta1::KUBELET_SOCKET;
@@ -91,7 +92,7 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
     let (health_tx, health_rx) = watch::channel(health);
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(snapshot));
     let (policy_tx, policy_rx) = watch::channel(policy);
-    let (event_tx, event_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+    let (event_tx, event_rx) = queue::channel();
     let stats = Arc::new(AgentStats::default());
     let status = StatusBoard::default();
     let xid_counts = XidCounts::default();

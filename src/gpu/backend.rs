@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::{HealthEvent, Inventory, Telemetry};
+use super::{Inventory, Telemetry};
+use crate::health::queue::EventSender;
 
 /// Which backend to use (`--backend`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -70,9 +71,9 @@ impl BackendError {
 pub struct BackendEvents {
     /// The latest inventory; a new value means the layout changed (MIG re-partition, fixture edit).
     pub inventory: watch::Sender<Arc<Inventory>>,
-    /// Health events. Bounded: the watcher uses `try_send` and the consumer coalesces, so an XID
-    /// storm can neither block the watcher nor grow memory.
-    pub health: mpsc::Sender<HealthEvent>,
+    /// Health events. A coalescing mailbox: sending never blocks and never loses a device, so an
+    /// XID storm can neither stall the watcher nor grow memory.
+    pub health: EventSender,
 }
 
 /// A source of GPU facts. Implementations: [`super::nvml::NvmlBackend`], [`super::mock::MockBackend`].

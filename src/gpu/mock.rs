@@ -63,9 +63,8 @@ impl MockBackend {
         let old = std::mem::replace(&mut *guard, new);
         let new = &*guard;
         for event in health_changes(&old, new) {
-            if events.health.try_send(event).is_err() {
-                tracing::debug!("health channel full; event dropped (the consumer coalesces)");
-            }
+            // Fails only when the agent is stopping.
+            let _ = events.health.send(event);
         }
         if !old.inventory.same_layout(&new.inventory) || old.inventory != new.inventory {
             tracing::info!(
@@ -90,30 +89,33 @@ fn read_fixture(path: &PathBuf) -> Result<Fixture, BackendError> {
     })
 }
 
+/// The XIDs of `new` that `old` did not have: what follows their common prefix. Appending
+/// delivers the appended ones; replacing the list delivers the replacement; truncating nothing.
+fn new_xids<'a>(old: Option<&Vec<u64>>, new: Option<&'a Vec<u64>>) -> &'a [u64] {
+    let new = new.map_or(&[][..], Vec::as_slice);
+    let old = old.map_or(&[][..], Vec::as_slice);
+    let common = old.iter().zip(new).take_while(|(a, b)| a == b).count();
+    &new[common..]
+}
+
 /// Health events implied by going from `old` to `new`: XIDs appended since, GPUs lost or back.
 pub fn health_changes(old: &Fixture, new: &Fixture) -> Vec<HealthEvent> {
     let mut events = Vec::new();
     for gpu in &new.inventory.gpus {
-        let before = old.gpu_xids.get(&gpu.uuid).map_or(0, Vec::len);
-        if let Some(xids) = new.gpu_xids.get(&gpu.uuid) {
-            for &xid in xids.iter().skip(before) {
-                events.push(HealthEvent::Xid {
-                    gpu_uuid: gpu.uuid.clone(),
-                    mig_uuid: None,
-                    xid,
-                });
-            }
+        for &xid in new_xids(old.gpu_xids.get(&gpu.uuid), new.gpu_xids.get(&gpu.uuid)) {
+            events.push(HealthEvent::Xid {
+                gpu_uuid: gpu.uuid.clone(),
+                mig_uuid: None,
+                xid,
+            });
         }
         for mig in &gpu.mig_devices {
-            let before = old.mig_xids.get(&mig.uuid).map_or(0, Vec::len);
-            if let Some(xids) = new.mig_xids.get(&mig.uuid) {
-                for &xid in xids.iter().skip(before) {
-                    events.push(HealthEvent::Xid {
-                        gpu_uuid: gpu.uuid.clone(),
-                        mig_uuid: Some(mig.uuid.clone()),
-                        xid,
-                    });
-                }
+            for &xid in new_xids(old.mig_xids.get(&mig.uuid), new.mig_xids.get(&mig.uuid)) {
+                events.push(HealthEvent::Xid {
+                    gpu_uuid: gpu.uuid.clone(),
+                    mig_uuid: Some(mig.uuid.clone()),
+                    xid,
+                });
             }
         }
         match (old.lost.contains(&gpu.uuid), new.lost.contains(&gpu.uuid)) {
@@ -251,6 +253,36 @@ mod tests {
             Some(&HealthEvent::Found { gpu_uuid: uuid1 })
         );
         assert!(health_changes(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn replaced_lists_deliver_the_replacement_and_mig_xids_name_the_instance() {
+        let old = fixture(
+            "gpus: [{model: NVIDIA H100 80GB HBM3, xids: [13], mig: {devices: [3g.40gb, {profile: 3g.40gb, xids: [31]}]}}]",
+        );
+        let new = fixture(
+            "gpus: [{model: NVIDIA H100 80GB HBM3, xids: [48], mig: {devices: [3g.40gb, {profile: 3g.40gb, xids: [31, 94]}]}}]",
+        );
+        let gpu = &new.inventory.gpus[0];
+        assert_eq!(
+            health_changes(&old, &new),
+            vec![
+                HealthEvent::Xid {
+                    gpu_uuid: gpu.uuid.clone(),
+                    mig_uuid: None,
+                    xid: 48
+                },
+                HealthEvent::Xid {
+                    gpu_uuid: gpu.uuid.clone(),
+                    mig_uuid: Some(gpu.mig_devices[1].uuid.clone()),
+                    xid: 94
+                },
+            ]
+        );
+        // Truncating a list delivers nothing.
+        let cleared =
+            fixture("gpus: [{model: NVIDIA H100 80GB HBM3, mig: {devices: [3g.40gb, 3g.40gb]}}]");
+        assert!(health_changes(&new, &cleared).is_empty());
     }
 
     #[test]

@@ -27,7 +27,6 @@ use nvml_wrapper::{Device, EventSet, Nvml};
 use nvml_wrapper_sys::bindings::{
     nvmlDevice_t, nvmlEventData_t, NVML_DEVICE_MIG_ENABLE, NVML_NVLINK_MAX_LINKS,
 };
-use tokio::sync::mpsc::error::TrySendError;
 use tracing::{debug, info, warn};
 
 use super::backend::{BackendError, BackendEvents, GpuBackend};
@@ -589,8 +588,6 @@ struct Watcher<'a> {
     /// The watched GPUs changed (layout, lost, found): the event set must be rebuilt, so that a
     /// lost GPU cannot keep failing every wait and a recovered one is watched again.
     registration_stale: bool,
-    /// Health events dropped because the channel was full.
-    dropped: u64,
 }
 
 impl NvmlBackend {
@@ -602,7 +599,6 @@ impl NvmlBackend {
             current,
             reported_lost: BTreeSet::new(),
             registration_stale: true,
-            dropped: 0,
         };
         watcher.refresh();
         let mut registration = None;
@@ -622,10 +618,7 @@ impl NvmlBackend {
                 last_refresh = Instant::now();
             }
         }
-        info!(
-            dropped = watcher.dropped,
-            "health channel closed; NVML watcher stops"
-        );
+        info!("health task stopped; NVML watcher stops");
     }
 }
 
@@ -723,16 +716,9 @@ impl Watcher<'_> {
         }
     }
 
-    /// Publish without blocking; a full channel drops the event (the consumer coalesces).
+    /// Publish without blocking (the mailbox coalesces); fails only when the agent is stopping.
     fn emit(&mut self, event: HealthEvent) {
-        match self.events.health.try_send(event) {
-            Ok(()) => {}
-            Err(TrySendError::Full(event)) => {
-                self.dropped += 1;
-                debug!(dropped_total = self.dropped, event = ?event, "health channel full; event dropped");
-            }
-            Err(TrySendError::Closed(_)) => {}
-        }
+        let _ = self.events.health.send(event);
     }
 }
 

@@ -4,6 +4,8 @@
 //! events into it (ignored XIDs, recovery, fan-out) lives beside it.
 
 pub mod policy;
+pub mod queue;
+pub mod report;
 pub mod watcher;
 
 use std::collections::BTreeMap;

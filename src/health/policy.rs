@@ -2,13 +2,17 @@
 //!
 //! - XIDs in the ignored set (default 13, 31, 43, 45, 68, 109: application faults) are counted
 //!   but change nothing.
-//! - `DP_DISABLE_HEALTHCHECKS` / `DP_ENABLE_HEALTHCHECKS` behave as in NVIDIA's plugin:
-//!   `all` disables every check, `xids` disables XID checks, a list of numbers adds ignored XIDs;
-//!   ENABLE takes XIDs back out of the ignored set (`all` empties it).
+//! - `DP_DISABLE_HEALTHCHECKS` / `DP_ENABLE_HEALTHCHECKS` behave as in NVIDIA's plugin
+//!   (`internal/rm/health.go`): each is a comma-separated, case-insensitive list; `all` and `xids`
+//!   mean every XID. DISABLE adds XIDs to the ignored set (`all`/`xids`: health checks off);
+//!   ENABLE takes XIDs back out of it and wins over DISABLE and the defaults (`all`/`xids`:
+//!   every XID is critical). With DISABLE=all, XIDs named in ENABLE are still checked (NVIDIA's
+//!   documented intent). Malformed entries are logged and skipped, as NVIDIA does.
 //! - A GPU-level XID marks the GPU (and so everything advertised on it); an XID the driver scoped
 //!   to a MIG instance marks only that instance.
+//! - XID 79 (fallen off the bus) and a lost GPU mark the GPU lost: lost GPUs never time out and
+//!   recover only when the backend finds them again.
 //! - With `recoverAfter > 0`, a device is Healthy again after that long without a new XID.
-//!   Lost GPUs recover only when the backend finds them again.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -20,73 +24,96 @@ use crate::gpu::HealthEvent;
 /// XID 79: the GPU fell off the bus.
 pub const XID_FALLEN_OFF_BUS: u64 = 79;
 
+/// NVIDIA's variable that turns XIDs (or every check) off.
+pub const ENV_DISABLE: &str = "DP_DISABLE_HEALTHCHECKS";
+/// NVIDIA's variable that turns XIDs back on, winning over the ignored set and the DISABLE list.
+pub const ENV_ENABLE: &str = "DP_ENABLE_HEALTHCHECKS";
+
 /// The effective health-check settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthPolicy {
+    /// XIDs that change nothing: the config's `ignoredXids` plus the DISABLE list, minus the
+    /// ENABLE list.
     pub ignored_xids: BTreeSet<u64>,
-    /// All checks off: nothing ever becomes unhealthy.
-    pub disabled: bool,
-    /// XID checks off (ECC and lost GPUs still count).
-    pub xids_disabled: bool,
+    /// DISABLE said `all` or `xids`.
+    pub all_xids_disabled: bool,
+    /// ENABLE said `all` or `xids`: every XID is critical.
+    pub all_xids_enabled: bool,
+    /// XIDs ENABLE names; critical even when DISABLE said `all`.
+    pub enabled_xids: BTreeSet<u64>,
+    /// Healthy again after this long without a new fault; zero = never.
     pub recover_after: Duration,
 }
 
+/// One parsed environment variable.
+#[derive(Debug, Default)]
+struct EnvXids {
+    all: bool,
+    xids: BTreeSet<u64>,
+}
+
+fn parse_env(name: &str, value: Option<&str>) -> EnvXids {
+    let mut out = EnvXids::default();
+    for item in value.unwrap_or("").split(',') {
+        let item = item.trim().to_ascii_lowercase();
+        match item.as_str() {
+            "" => {}
+            "all" | "xids" => out.all = true,
+            n => match n.parse::<u64>() {
+                Ok(xid) => {
+                    out.xids.insert(xid);
+                }
+                Err(_) => tracing::warn!(
+                    variable = name,
+                    value = %n,
+                    "ignoring a malformed entry (expected all, xids or an XID number)"
+                ),
+            },
+        }
+    }
+    out
+}
+
 impl HealthPolicy {
-    /// Combine the config's `health:` with NVIDIA's environment variables.
+    /// Combine the config's `health:` with NVIDIA's environment variables (their values, `None`
+    /// when unset).
     pub fn new(
         settings: &HealthSettings,
         disable_env: Option<&str>,
         enable_env: Option<&str>,
     ) -> Self {
-        let mut policy = Self {
-            ignored_xids: settings.ignored_xids.clone(),
-            disabled: false,
-            xids_disabled: false,
+        let disable = parse_env(ENV_DISABLE, disable_env);
+        let enable = parse_env(ENV_ENABLE, enable_env);
+        let mut ignored_xids = settings.ignored_xids.clone();
+        ignored_xids.extend(&disable.xids);
+        for xid in &enable.xids {
+            ignored_xids.remove(xid);
+        }
+        if enable.all {
+            ignored_xids.clear();
+        }
+        Self {
+            ignored_xids,
+            all_xids_disabled: disable.all,
+            all_xids_enabled: enable.all,
+            enabled_xids: enable.xids,
             recover_after: settings.recover_after,
-        };
-        for item in list(disable_env) {
-            match item.as_str() {
-                "all" => policy.disabled = true,
-                "xids" => policy.xids_disabled = true,
-                n => match n.parse::<u64>() {
-                    Ok(xid) => {
-                        policy.ignored_xids.insert(xid);
-                    }
-                    Err(_) => {
-                        tracing::warn!(value = %n, "DP_DISABLE_HEALTHCHECKS: ignoring an entry that is not all, xids or a number")
-                    }
-                },
-            }
         }
-        for item in list(enable_env) {
-            match item.as_str() {
-                "all" => policy.ignored_xids.clear(),
-                n => match n.parse::<u64>() {
-                    Ok(xid) => {
-                        policy.ignored_xids.remove(&xid);
-                    }
-                    Err(_) => {
-                        tracing::warn!(value = %n, "DP_ENABLE_HEALTHCHECKS: ignoring an entry that is not all or a number")
-                    }
-                },
-            }
-        }
-        policy
+    }
+
+    /// Health checks run at all. Off only with DISABLE=all (or xids) and nothing enabled: then
+    /// no XID, ECC error or lost GPU makes a device unhealthy, as in NVIDIA's plugin.
+    pub fn checks_enabled(&self) -> bool {
+        !self.all_xids_disabled || self.all_xids_enabled || !self.enabled_xids.is_empty()
     }
 
     /// Does this XID make a device unhealthy?
     pub fn is_critical(&self, xid: u64) -> bool {
-        !self.disabled && !self.xids_disabled && !self.ignored_xids.contains(&xid)
+        if self.all_xids_enabled || self.enabled_xids.contains(&xid) {
+            return true;
+        }
+        !self.all_xids_disabled && !self.ignored_xids.contains(&xid)
     }
-}
-
-fn list(value: Option<&str>) -> Vec<String> {
-    value
-        .unwrap_or("")
-        .split(',')
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect()
 }
 
 /// What an XID number means, for logs.
@@ -119,9 +146,64 @@ pub fn xid_meaning(xid: u64) -> &'static str {
     }
 }
 
+/// Why a device is unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A critical XID.
+    Xid(u64),
+    /// A double-bit (uncorrectable) ECC error event.
+    DoubleBitEcc,
+    /// The GPU stopped answering.
+    Lost,
+}
+
+impl Cause {
+    /// The XID, when the cause is one.
+    pub fn xid(self) -> Option<u64> {
+        match self {
+            Cause::Xid(xid) => Some(xid),
+            _ => None,
+        }
+    }
+
+    /// Human-readable reason, e.g. `XID 79 (GPU has fallen off the bus)`.
+    pub fn reason(self) -> String {
+        match self {
+            Cause::Xid(xid) => format!("XID {xid} ({})", xid_meaning(xid)),
+            Cause::DoubleBitEcc => "double-bit ECC error".into(),
+            Cause::Lost => "GPU lost (fell off the bus)".into(),
+        }
+    }
+}
+
+/// Whether a device is a physical GPU or a MIG instance (for logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Gpu,
+    Mig,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Gpu => "gpu",
+            Scope::Mig => "mig",
+        }
+    }
+}
+
+/// Why a device is healthy again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// `recoverAfter` passed without a new fault.
+    Quiet,
+    /// A lost GPU answers again.
+    Found,
+}
+
 #[derive(Debug, Clone)]
 struct Fault {
-    reason: String,
+    cause: Cause,
     /// When it last happened; `None` for faults that do not expire (lost GPUs).
     last: Option<Instant>,
 }
@@ -142,9 +224,17 @@ pub enum Transition {
     /// Nothing changed (ignored XID, already unhealthy, checks disabled).
     None,
     /// The device became unhealthy.
-    Unhealthy { device: String, reason: String },
+    Unhealthy {
+        device: String,
+        scope: Scope,
+        cause: Cause,
+    },
     /// The device is healthy again.
-    Healthy { device: String },
+    Healthy {
+        device: String,
+        scope: Scope,
+        recovery: Recovery,
+    },
 }
 
 impl HealthTracker {
@@ -181,6 +271,13 @@ impl HealthTracker {
 
     /// Apply one event at `now`.
     pub fn apply(&mut self, event: &HealthEvent, now: Instant) -> Transition {
+        self.apply_repeated(event, 1, now)
+    }
+
+    /// Apply an event that happened `times` times (coalesced) by `now`. XIDs are counted
+    /// `times`; the health effect is that of one occurrence at `now`.
+    pub fn apply_repeated(&mut self, event: &HealthEvent, times: u64, now: Instant) -> Transition {
+        let checks = self.policy.checks_enabled();
         match event {
             HealthEvent::Xid {
                 gpu_uuid,
@@ -188,56 +285,52 @@ impl HealthTracker {
                 xid,
             } => {
                 let device = mig_uuid.as_deref().unwrap_or(gpu_uuid);
-                *self
+                let count = self
                     .xid_counts
                     .entry((device.to_string(), *xid))
-                    .or_default() += 1;
-                if *xid == XID_FALLEN_OFF_BUS && !self.policy.disabled {
+                    .or_default();
+                *count = count.saturating_add(times);
+                if !checks {
+                    return Transition::None;
+                }
+                if *xid == XID_FALLEN_OFF_BUS {
+                    // The whole GPU is gone, whichever instance the driver named.
                     return Self::mark(
                         &mut self.gpus,
                         gpu_uuid,
-                        format!("XID {xid} ({})", xid_meaning(*xid)),
+                        Scope::Gpu,
+                        Cause::Xid(*xid),
                         None,
                     );
                 }
                 if !self.policy.is_critical(*xid) {
                     return Transition::None;
                 }
-                let reason = format!("XID {xid} ({})", xid_meaning(*xid));
-                let last = Some(now);
+                let cause = Cause::Xid(*xid);
                 match mig_uuid {
-                    Some(mig) => Self::mark(&mut self.migs, mig, reason, last),
-                    None => Self::mark(&mut self.gpus, gpu_uuid, reason, last),
+                    Some(mig) => Self::mark(&mut self.migs, mig, Scope::Mig, cause, Some(now)),
+                    None => Self::mark(&mut self.gpus, gpu_uuid, Scope::Gpu, cause, Some(now)),
                 }
             }
-            HealthEvent::DoubleBitEcc { gpu_uuid } => {
-                if self.policy.disabled {
-                    return Transition::None;
-                }
-                Self::mark(
-                    &mut self.gpus,
-                    gpu_uuid,
-                    "double-bit ECC error".into(),
-                    Some(now),
-                )
+            HealthEvent::DoubleBitEcc { gpu_uuid } if checks => Self::mark(
+                &mut self.gpus,
+                gpu_uuid,
+                Scope::Gpu,
+                Cause::DoubleBitEcc,
+                Some(now),
+            ),
+            HealthEvent::Lost { gpu_uuid } if checks => {
+                Self::mark(&mut self.gpus, gpu_uuid, Scope::Gpu, Cause::Lost, None)
             }
-            HealthEvent::Lost { gpu_uuid } => {
-                if self.policy.disabled {
-                    return Transition::None;
-                }
-                Self::mark(
-                    &mut self.gpus,
-                    gpu_uuid,
-                    "GPU lost (fell off the bus)".into(),
-                    None,
-                )
-            }
+            HealthEvent::DoubleBitEcc { .. } | HealthEvent::Lost { .. } => Transition::None,
             HealthEvent::Found { gpu_uuid } => {
                 let was_lost = self.gpus.get(gpu_uuid).is_some_and(|f| f.last.is_none());
                 if was_lost {
                     self.gpus.remove(gpu_uuid);
                     Transition::Healthy {
                         device: gpu_uuid.clone(),
+                        scope: Scope::Gpu,
+                        recovery: Recovery::Found,
                     }
                 } else {
                     Transition::None
@@ -249,45 +342,46 @@ impl HealthTracker {
     fn mark(
         map: &mut BTreeMap<String, Fault>,
         device: &str,
-        reason: String,
+        scope: Scope,
+        cause: Cause,
         last: Option<Instant>,
     ) -> Transition {
         match map.get_mut(device) {
             Some(fault) => {
-                // Still unhealthy: a new XID restarts the recovery clock; a lost GPU stays lost.
+                // Still unhealthy: a new fault restarts the recovery clock (a loss stops it);
+                // a lost GPU stays lost whatever else it reports.
                 if fault.last.is_some() {
                     fault.last = last;
-                    fault.reason = reason;
+                    fault.cause = cause;
                 }
                 Transition::None
             }
             None => {
-                map.insert(
-                    device.to_string(),
-                    Fault {
-                        reason: reason.clone(),
-                        last,
-                    },
-                );
+                map.insert(device.to_string(), Fault { cause, last });
                 Transition::Unhealthy {
                     device: device.to_string(),
-                    reason,
+                    scope,
+                    cause,
                 }
             }
         }
     }
 
-    /// Recover devices whose last XID is older than `recoverAfter`. Returns the recovered ones.
-    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+    /// Recover devices whose last fault is older than `recoverAfter`.
+    pub fn expire(&mut self, now: Instant) -> Vec<Transition> {
         let after = self.policy.recover_after;
         if after.is_zero() {
             return Vec::new();
         }
         let mut recovered = Vec::new();
-        for map in [&mut self.gpus, &mut self.migs] {
+        for (map, scope) in [(&mut self.gpus, Scope::Gpu), (&mut self.migs, Scope::Mig)] {
             map.retain(|device, fault| match fault.last {
                 Some(last) if now.saturating_duration_since(last) >= after => {
-                    recovered.push(device.clone());
+                    recovered.push(Transition::Healthy {
+                        device: device.clone(),
+                        scope,
+                        recovery: Recovery::Quiet,
+                    });
                     false
                 }
                 _ => true,
@@ -318,7 +412,7 @@ impl HealthTracker {
                     (
                         k.clone(),
                         Unhealthy {
-                            reason: f.reason.clone(),
+                            reason: f.cause.reason(),
                         },
                     )
                 })
@@ -343,6 +437,12 @@ mod tests {
         }
     }
 
+    fn lost(gpu: &str) -> HealthEvent {
+        HealthEvent::Lost {
+            gpu_uuid: gpu.into(),
+        }
+    }
+
     fn tracker(recover: u64) -> HealthTracker {
         HealthTracker::new(HealthPolicy::new(
             &HealthSettings {
@@ -354,6 +454,17 @@ mod tests {
         ))
     }
 
+    fn policy(disable: &str, enable: &str) -> HealthPolicy {
+        HealthPolicy::new(&HealthSettings::default(), Some(disable), Some(enable))
+    }
+
+    /// Which of `xids` the policy treats as critical.
+    fn critical(p: &HealthPolicy, xids: &[u64]) -> Vec<u64> {
+        xids.iter().copied().filter(|&x| p.is_critical(x)).collect()
+    }
+
+    const PROBE: [u64; 9] = [11, 13, 31, 43, 45, 48, 68, 109, 555];
+
     #[test]
     fn ignored_xids_count_but_change_nothing() {
         let mut t = tracker(0);
@@ -363,12 +474,34 @@ mod tests {
         }
         assert!(t.state().all_healthy());
         assert_eq!(t.xid_counts()[&("GPU-a".to_string(), 43)], 1);
-        assert!(matches!(
+        assert_eq!(
             t.apply(&xid("GPU-a", 48), now),
-            Transition::Unhealthy { .. }
-        ));
+            Transition::Unhealthy {
+                device: "GPU-a".into(),
+                scope: Scope::Gpu,
+                cause: Cause::Xid(48)
+            }
+        );
         assert!(!t.state().gpu_healthy("GPU-a"));
         assert!(t.state().gpu_healthy("GPU-b"));
+        assert_eq!(
+            t.state().gpus["GPU-a"].reason,
+            "XID 48 (double-bit ECC error)"
+        );
+    }
+
+    #[test]
+    fn repeated_events_count_every_occurrence_once_in_effect() {
+        let mut t = tracker(0);
+        let now = Instant::now();
+        t.apply_repeated(&xid("GPU-a", 13), 5000, now);
+        assert!(t.state().all_healthy());
+        assert_eq!(t.xid_counts()[&("GPU-a".to_string(), 13)], 5000);
+        assert!(matches!(
+            t.apply_repeated(&xid("GPU-a", 48), 3, now),
+            Transition::Unhealthy { .. }
+        ));
+        assert_eq!(t.xid_counts()[&("GPU-a".to_string(), 48)], 3);
     }
 
     #[test]
@@ -379,11 +512,32 @@ mod tests {
             mig_uuid: Some("MIG-1".into()),
             xid: 94,
         };
-        t.apply(&event, Instant::now());
+        assert!(matches!(
+            t.apply(&event, Instant::now()),
+            Transition::Unhealthy {
+                scope: Scope::Mig,
+                ..
+            }
+        ));
         let s = t.state();
         assert!(s.gpu_healthy("GPU-a"));
         assert!(!s.mig_healthy("GPU-a", "MIG-1"));
         assert!(s.mig_healthy("GPU-a", "MIG-2"));
+        assert_eq!(t.xid_counts()[&("MIG-1".to_string(), 94)], 1);
+    }
+
+    #[test]
+    fn xid_79_on_a_mig_instance_loses_the_whole_gpu() {
+        let mut t = tracker(1);
+        let t0 = Instant::now();
+        let event = HealthEvent::Xid {
+            gpu_uuid: "GPU-a".into(),
+            mig_uuid: Some("MIG-1".into()),
+            xid: 79,
+        };
+        t.apply(&event, t0);
+        assert!(!t.state().gpu_healthy("GPU-a"));
+        assert!(t.expire(t0 + Duration::from_secs(60)).is_empty());
     }
 
     #[test]
@@ -394,8 +548,19 @@ mod tests {
         assert_eq!(t.next_expiry(), Some(t0 + Duration::from_secs(30)));
         t.apply(&xid("GPU-a", 48), t0 + Duration::from_secs(20));
         assert!(t.expire(t0 + Duration::from_secs(31)).is_empty());
-        assert_eq!(t.expire(t0 + Duration::from_secs(50)), ["GPU-a"]);
+        assert_eq!(
+            t.expire(t0 + Duration::from_secs(50)),
+            [Transition::Healthy {
+                device: "GPU-a".into(),
+                scope: Scope::Gpu,
+                recovery: Recovery::Quiet
+            }]
+        );
         assert!(t.state().all_healthy());
+        // An ignored XID does not restart the clock.
+        t.apply(&xid("GPU-a", 48), t0);
+        t.apply(&xid("GPU-a", 13), t0 + Duration::from_secs(29));
+        assert_eq!(t.expire(t0 + Duration::from_secs(30)).len(), 1);
         // recoverAfter 0 = never.
         let mut t = tracker(0);
         t.apply(&xid("GPU-a", 48), t0);
@@ -407,14 +572,15 @@ mod tests {
     fn lost_gpus_do_not_time_out_but_come_back_when_found() {
         let mut t = tracker(1);
         let t0 = Instant::now();
-        t.apply(
-            &HealthEvent::Lost {
-                gpu_uuid: "GPU-a".into(),
-            },
-            t0,
-        );
+        t.apply(&xid("GPU-a", 48), t0);
+        // Lost wins over an XID that would expire.
+        t.apply(&lost("GPU-a"), t0);
         assert!(t.expire(t0 + Duration::from_secs(10)).is_empty());
         assert!(!t.state().gpu_healthy("GPU-a"));
+        assert_eq!(
+            t.state().gpus["GPU-a"].reason,
+            "GPU lost (fell off the bus)"
+        );
         assert!(matches!(
             t.apply(
                 &HealthEvent::Found {
@@ -422,35 +588,95 @@ mod tests {
                 },
                 t0
             ),
-            Transition::Healthy { .. }
+            Transition::Healthy {
+                recovery: Recovery::Found,
+                ..
+            }
         ));
         assert!(t.state().all_healthy());
+        // Found on a GPU that only had an XID does not clear it.
+        t.apply(&xid("GPU-c", 48), t0);
+        let found = HealthEvent::Found {
+            gpu_uuid: "GPU-c".into(),
+        };
+        assert_eq!(t.apply(&found, t0), Transition::None);
+        assert!(!t.state().gpu_healthy("GPU-c"));
         // XID 79 counts as lost even though it is an XID.
         t.apply(&xid("GPU-b", 79), t0);
-        assert!(t.expire(t0 + Duration::from_secs(10)).is_empty());
+        assert!(t.expire(t0 + Duration::from_secs(10)).len() == 1); // GPU-c's XID expired
         assert!(!t.state().gpu_healthy("GPU-b"));
     }
 
     #[test]
-    fn nvidia_environment_variables() {
-        let base = HealthSettings::default();
-        let p = HealthPolicy::new(&base, Some("all"), None);
-        assert!(p.disabled && !p.is_critical(48));
-        let p = HealthPolicy::new(&base, Some("xids"), None);
-        assert!(!p.is_critical(48));
-        let p = HealthPolicy::new(&base, Some("48, 74"), None);
-        assert!(!p.is_critical(48) && !p.is_critical(74) && p.is_critical(79));
-        let p = HealthPolicy::new(&base, None, Some("43"));
-        assert!(p.is_critical(43) && !p.is_critical(13));
-        let p = HealthPolicy::new(&base, None, Some("all"));
-        assert!(p.is_critical(13));
-        let mut t = HealthTracker::new(HealthPolicy::new(&base, Some("all"), None));
-        t.apply(
-            &HealthEvent::Lost {
-                gpu_uuid: "GPU-a".into(),
-            },
-            Instant::now(),
-        );
-        assert!(t.state().all_healthy());
+    fn nvidia_defaults_without_environment() {
+        let p = HealthPolicy::new(&HealthSettings::default(), None, None);
+        assert!(p.checks_enabled());
+        assert_eq!(critical(&p, &PROBE), [11, 48, 555]);
+        // Empty values and stray commas are nothing.
+        assert_eq!(policy("", ","), p);
+    }
+
+    #[test]
+    fn disable_all_or_xids_turns_every_check_off() {
+        for value in ["all", "xids", "XIDS", " all ", "48,all"] {
+            let p = policy(value, "");
+            assert!(!p.checks_enabled(), "{value}");
+            assert!(critical(&p, &PROBE).is_empty(), "{value}");
+            let mut t = HealthTracker::new(p);
+            let now = Instant::now();
+            t.apply(&lost("GPU-a"), now);
+            t.apply(&xid("GPU-a", 79), now);
+            t.apply(
+                &HealthEvent::DoubleBitEcc {
+                    gpu_uuid: "GPU-a".into(),
+                },
+                now,
+            );
+            assert!(t.state().all_healthy(), "{value}");
+            // Still counted (gpu_xid_errors_total counts every XID delivered).
+            assert_eq!(t.xid_counts()[&("GPU-a".to_string(), 79)], 1);
+        }
+    }
+
+    #[test]
+    fn disable_list_adds_to_the_defaults_and_skips_malformed_entries() {
+        let p = policy("48, 74,not-a-number,-5", "");
+        assert!(p.checks_enabled());
+        assert_eq!(critical(&p, &PROBE), [11, 555]);
+        assert!(!p.is_critical(74) && p.is_critical(79));
+    }
+
+    #[test]
+    fn enable_wins_over_defaults_and_disable() {
+        // A default-ignored XID enabled.
+        assert_eq!(critical(&policy("", "31"), &PROBE), [11, 31, 48, 555]);
+        // Disabled and enabled: enabled wins.
+        assert_eq!(critical(&policy("11", "11"), &PROBE), [11, 48, 555]);
+        // Enable all: every XID, even the default application errors.
+        for value in ["all", "xids"] {
+            let p = policy("", value);
+            assert_eq!(critical(&p, &PROBE), PROBE, "{value}");
+            assert!(p.ignored_xids.is_empty());
+        }
+        // Enable all also overrides disable all.
+        let p = policy("all", "all");
+        assert!(p.checks_enabled());
+        assert_eq!(critical(&p, &PROBE), PROBE);
+        // Disable all but enable some: only those.
+        let p = policy("all", "48,13");
+        assert!(p.checks_enabled());
+        assert_eq!(critical(&p, &PROBE), [13, 48]);
+    }
+
+    #[test]
+    fn config_ignored_xids_replace_the_defaults_and_env_applies_on_top() {
+        let settings = HealthSettings {
+            ignored_xids: [48].into_iter().collect(),
+            ..HealthSettings::default()
+        };
+        let p = HealthPolicy::new(&settings, Some("11"), None);
+        assert_eq!(critical(&p, &PROBE), [13, 31, 43, 45, 68, 109, 555]);
+        let p = HealthPolicy::new(&settings, None, Some("48"));
+        assert!(p.is_critical(48));
     }
 }

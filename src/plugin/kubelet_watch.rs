@@ -1,9 +1,9 @@
 //! Notices kubelet restarts: the kubelet re-creates `kubelet.sock` when it starts. A change of
 //! the socket's identity (device, inode, change time) bumps a generation number that every plugin
-//! watches, and re-registers on.
+//! watches; a plugin re-registers when the identity differs from the one it registered with.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -19,11 +19,16 @@ pub struct KubeletState {
     pub present: bool,
     /// Bumped every time a new `kubelet.sock` appears (a kubelet start).
     pub generation: u64,
+    /// Identity of the socket last seen; `None` while it is absent.
+    pub identity: Option<SocketIdentity>,
 }
 
-type Identity = (u64, u64, i64, i64);
+/// Which file a path names right now: (device, inode, change time s, change time ns). A kubelet
+/// start makes a new socket, so a new identity.
+pub type SocketIdentity = (u64, u64, i64, i64);
 
-fn identity(path: &PathBuf) -> Option<Identity> {
+/// The identity of the file at `path`, `None` when there is none.
+pub fn identity(path: &Path) -> Option<SocketIdentity> {
     let m = std::fs::symlink_metadata(path).ok()?;
     Some((m.dev(), m.ino(), m.ctime(), m.ctime_nsec()))
 }
@@ -34,6 +39,7 @@ pub fn spawn(socket: PathBuf) -> watch::Receiver<KubeletState> {
     let initial = KubeletState {
         present: last.is_some(),
         generation: u64::from(last.is_some()),
+        identity: last,
     };
     let (tx, rx) = watch::channel(initial);
     tokio::spawn(async move {
@@ -53,11 +59,15 @@ pub fn spawn(socket: PathBuf) -> watch::Receiver<KubeletState> {
                     tx.send_modify(|s| {
                         s.present = true;
                         s.generation += 1;
+                        s.identity = now;
                     });
                     tracing::info!(socket = %socket.display(), generation = tx.borrow().generation, "kubelet socket (re)created");
                 }
                 None => {
-                    tx.send_modify(|s| s.present = false);
+                    tx.send_modify(|s| {
+                        s.present = false;
+                        s.identity = None;
+                    });
                     tracing::warn!(socket = %socket.display(), "kubelet socket gone; waiting for the kubelet to come back");
                 }
             }

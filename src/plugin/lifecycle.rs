@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
-use super::kubelet_watch::KubeletState;
+use super::kubelet_watch::{self, KubeletState, SocketIdentity};
 use super::registration;
 use super::server::{PluginService, StreamEvents};
 use super::status::StatusBoard;
@@ -61,6 +61,32 @@ enum Restart {
     SocketRemoved,
     StreamDropped,
     ServerExited,
+}
+
+impl Restart {
+    /// For logs.
+    fn as_str(self) -> &'static str {
+        match self {
+            Restart::Stop => "stop",
+            Restart::KubeletRestarted => "kubelet.sock re-created (kubelet restart)",
+            Restart::SocketRemoved => "our socket was removed",
+            Restart::StreamDropped => "the kubelet dropped the ListAndWatch stream",
+            Restart::ServerExited => "the gRPC server exited",
+        }
+    }
+}
+
+/// The kubelet socket the watcher sees now is a new one: not the one we registered with. The
+/// generation check keeps a watcher that has not yet caught up with the socket we registered
+/// with (it still reports the previous one) from looking like a restart.
+fn kubelet_restarted(
+    now: &KubeletState,
+    generation_at_register: u64,
+    registered_with: Option<SocketIdentity>,
+) -> bool {
+    now.generation != generation_at_register
+        && now.identity.is_some()
+        && now.identity != registered_with
 }
 
 /// A running gRPC server on the plugin socket.
@@ -149,15 +175,16 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
         tracing::info!(parent: &span, "serving");
 
         // Register, retrying with back-off while the kubelet is absent.
-        let kubelet_generation = loop {
+        let registered = loop {
             let seen = kubelet.borrow().generation;
+            let identity = kubelet_watch::identity(&kubelet_socket);
             let attempt = generation.fetch_add(1, Ordering::SeqCst) + 1;
             match registration::register(&kubelet_socket, &resource, &endpoint).await {
                 Ok(()) => {
                     ctx.status.set_registered(&resource, true);
-                    tracing::info!(parent: &span, attempt, "registered with the kubelet");
+                    tracing::info!(parent: &span, endpoint = %endpoint, attempt, "registered with the kubelet");
                     backoff.reset();
-                    break Some(seen);
+                    break Some((seen, identity));
                 }
                 Err(error) => {
                     let delay = backoff.next();
@@ -174,7 +201,7 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
                 }
             }
         };
-        let Some(kubelet_generation) = kubelet_generation else {
+        let Some((seen, registered_with)) = registered else {
             served.stop().await;
             break;
         };
@@ -183,7 +210,7 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
         let current = generation.load(Ordering::SeqCst);
         let reason = tokio::select! {
             _ = crate::sync::until_true(&mut stop) => Restart::Stop,
-            _ = crate::sync::until(&mut kubelet, |k| k.generation != kubelet_generation) => Restart::KubeletRestarted,
+            _ = crate::sync::until(&mut kubelet, |k| kubelet_restarted(k, seen, registered_with)) => Restart::KubeletRestarted,
             _ = socket_removed(&socket) => Restart::SocketRemoved,
             _ = stream_dropped(&mut dropped_rx, &generation, current) => Restart::StreamDropped,
             _ = &mut served.handle => Restart::ServerExited,
@@ -193,7 +220,7 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
         if reason == Restart::Stop {
             break;
         }
-        tracing::warn!(parent: &span, ?reason, "re-serving and re-registering");
+        tracing::warn!(parent: &span, reason = reason.as_str(), "re-serving and re-registering");
         if reason == Restart::ServerExited && wait(backoff.next(), &mut stop, &mut kubelet).await {
             break;
         }
@@ -242,5 +269,35 @@ async fn stream_dropped(rx: &mut mpsc::Receiver<u64>, generation: &AtomicU64, cu
             Some(_) => continue,
             None => std::future::pending::<()>().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(generation: u64, identity: Option<SocketIdentity>) -> KubeletState {
+        KubeletState {
+            present: identity.is_some(),
+            generation,
+            identity,
+        }
+    }
+
+    #[test]
+    fn a_restart_is_a_new_socket_not_a_watcher_catching_up() {
+        let old = Some((1, 10, 100, 0));
+        let ours = Some((1, 11, 101, 0));
+        let newer = Some((1, 12, 102, 0));
+        // Registered with `ours` while the watcher still showed `old` at generation 3.
+        assert!(!kubelet_restarted(&state(3, old), 3, ours));
+        // The watcher catches up: same socket, no restart.
+        assert!(!kubelet_restarted(&state(4, ours), 3, ours));
+        // The kubelet goes away: nothing to register with yet.
+        assert!(!kubelet_restarted(&state(4, None), 3, ours));
+        // A newer socket: restart.
+        assert!(kubelet_restarted(&state(5, newer), 3, ours));
+        // The watcher jumped straight past ours to a newer one: restart.
+        assert!(kubelet_restarted(&state(4, newer), 3, ours));
     }
 }

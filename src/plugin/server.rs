@@ -136,7 +136,7 @@ impl DevicePlugin for PluginService {
                             continue;
                         }
                         let unhealthy = devices.iter().filter(|d| d.health != v1beta1::HEALTHY).count();
-                        tracing::debug!(resource = %resource, devices = devices.len(), unhealthy, "ListAndWatch update");
+                        tracing::info!(resource = %resource, generation, devices = devices.len(), unhealthy, "ListAndWatch: sending the device list");
                         let response = ListAndWatchResponse { devices: devices.clone() };
                         if tx.send(Ok(response)).await.is_err() {
                             break true;

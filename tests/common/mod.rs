@@ -24,13 +24,15 @@ use tonic::{Request, Response, Status, Streaming};
 pub const WAIT: Duration = Duration::from_secs(20);
 
 struct Recorder {
-    tx: mpsc::UnboundedSender<RegisterRequest>,
+    tx: mpsc::UnboundedSender<(u64, RegisterRequest)>,
+    /// Which `serve()` of the kubelet received the request.
+    instance: u64,
 }
 
 #[tonic::async_trait]
 impl Registration for Recorder {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
-        let _ = self.tx.send(request.into_inner());
+        let _ = self.tx.send((self.instance, request.into_inner()));
         Ok(Response::new(Empty {}))
     }
 }
@@ -38,8 +40,10 @@ impl Registration for Recorder {
 /// A kubelet stand-in: serves Registration on `<dir>/kubelet.sock` and records every request.
 pub struct TestKubelet {
     pub dir: PathBuf,
-    registrations: mpsc::UnboundedReceiver<RegisterRequest>,
-    tx: mpsc::UnboundedSender<RegisterRequest>,
+    registrations: mpsc::UnboundedReceiver<(u64, RegisterRequest)>,
+    tx: mpsc::UnboundedSender<(u64, RegisterRequest)>,
+    /// Bumped by every `serve()`: a kubelet (re)start.
+    instance: u64,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -52,6 +56,7 @@ impl TestKubelet {
             dir: dir.to_path_buf(),
             registrations,
             tx,
+            instance: 0,
             stop: None,
             server: None,
         };
@@ -66,6 +71,7 @@ impl TestKubelet {
             dir: dir.to_path_buf(),
             registrations,
             tx,
+            instance: 0,
             stop: None,
             server: None,
         }
@@ -80,8 +86,10 @@ impl TestKubelet {
         let _ = std::fs::remove_file(self.socket());
         let listener = UnixListener::bind(self.socket()).expect("bind kubelet.sock");
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        self.instance += 1;
         let recorder = Recorder {
             tx: self.tx.clone(),
+            instance: self.instance,
         };
         self.server = Some(tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
@@ -124,6 +132,23 @@ impl TestKubelet {
             .await
             .expect("timed out waiting for a Register call")
             .expect("registration channel closed")
+            .1
+    }
+
+    /// The next Register call received by the kubelet as it runs now (since its last start),
+    /// skipping calls an earlier instance received; panic after `WAIT`.
+    pub async fn next_registration_from_current(&mut self) -> RegisterRequest {
+        let current = self.instance;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let (instance, request) = tokio::time::timeout_at(deadline, self.registrations.recv())
+                .await
+                .expect("timed out waiting for a Register call to the current kubelet")
+                .expect("registration channel closed");
+            if instance == current {
+                return request;
+            }
+        }
     }
 
     /// The next Register call within `timeout`, if any.
@@ -132,6 +157,7 @@ impl TestKubelet {
             .await
             .ok()
             .flatten()
+            .map(|(_, request)| request)
     }
 
     /// Register calls until every resource in `names` has registered (or panic after `WAIT`
