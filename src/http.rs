@@ -78,7 +78,7 @@ pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: watch:
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {
-    match state.metrics.render() {
+    match state.metrics.scrape() {
         Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode metrics");

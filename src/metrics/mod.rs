@@ -8,16 +8,21 @@
 pub mod families;
 pub mod names;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Registry, TextEncoder};
 
 use crate::agent::Handles;
-use crate::podresources::PodCache;
-use crate::telemetry::TelemetryCache;
+use crate::plugin::PluginStatus;
+use crate::podresources::{PodAllocations, PodCache};
+use crate::snapshot::Snapshot;
+use crate::telemetry::{TelemetryCache, TelemetrySample};
 
 /// Content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -83,29 +88,163 @@ impl Collector for AgentCollector {
     }
 }
 
-/// The registry `/metrics` renders.
+/// Everything a rendering depends on. Equal inputs give equal text, so a scrape whose inputs
+/// are unchanged since the last one is served the same bytes without rendering again.
+struct Inputs {
+    snapshot: Arc<Snapshot>,
+    telemetry: Arc<TelemetrySample>,
+    pods: Arc<PodAllocations>,
+    xids: BTreeMap<(String, u64), u64>,
+    plugins: BTreeMap<String, PluginStatus>,
+    config_reloads: u64,
+    config_reload_failures: u64,
+}
+
+impl Inputs {
+    fn read(sources: &Sources) -> Self {
+        let h = &sources.handles;
+        Self {
+            snapshot: h.snapshots.borrow().clone(),
+            telemetry: sources.telemetry.borrow().clone(),
+            pods: sources.pods.borrow().clone(),
+            xids: h.xid_counts.snapshot(),
+            plugins: h.status.snapshot(),
+            config_reloads: h.stats.config_reloads.load(Ordering::Relaxed),
+            config_reload_failures: h.stats.config_reload_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Same values: the caches hand out a new `Arc` only when they change, so pointer equality
+    /// is enough for the big parts.
+    fn same(&self, other: &Inputs) -> bool {
+        Arc::ptr_eq(&self.snapshot, &other.snapshot)
+            && Arc::ptr_eq(&self.telemetry, &other.telemetry)
+            && Arc::ptr_eq(&self.pods, &other.pods)
+            && self.xids == other.xids
+            && self.plugins == other.plugins
+            && self.config_reloads == other.config_reloads
+            && self.config_reload_failures == other.config_reload_failures
+    }
+}
+
+/// The registry `/metrics` renders, and the last text it rendered.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    sources: Sources,
+    last: Arc<Mutex<Option<(Inputs, Bytes)>>>,
 }
 
 impl Metrics {
     /// A registry holding the agent's collector.
     pub fn new(sources: Sources) -> prometheus::Result<Self> {
         let registry = Registry::new();
-        registry.register(Box::new(AgentCollector::new(sources)?))?;
-        Ok(Self { registry })
+        registry.register(Box::new(AgentCollector::new(sources.clone())?))?;
+        Ok(Self {
+            registry,
+            sources,
+            last: Arc::new(Mutex::new(None)),
+        })
     }
 
-    /// The text exposition of every metric now.
+    /// Every family now, as the registry gathers them (sorted, empty ones pruned).
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+
+    /// The text exposition of every metric now, always rendered afresh.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        encode(&self.registry.gather())
+        encode(&self.gather())
+    }
+
+    /// The text exposition for a scrape: rendered when an input changed since the last scrape,
+    /// else the bytes the last scrape got.
+    pub fn scrape(&self) -> Result<Bytes, prometheus::Error> {
+        let inputs = Inputs::read(&self.sources);
+        {
+            let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((seen, text)) = last.as_ref() {
+                if seen.same(&inputs) {
+                    return Ok(text.clone());
+                }
+            }
+        }
+        let text = Bytes::from(self.render()?);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((inputs, text.clone()));
+        Ok(text)
     }
 }
-
 /// Encode families in the text format.
 pub fn encode(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
     let mut out = String::with_capacity(64 * 1024);
     TextEncoder::new().encode_utf8(families, &mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::AgentStats;
+    use crate::config::Config;
+    use crate::gpu::mock::MockBackend;
+    use crate::gpu::GpuBackend;
+    use crate::health::watcher::XidCounts;
+    use crate::health::HealthState;
+    use crate::plugin::StatusBoard;
+    use tokio::sync::watch;
+
+    #[test]
+    fn a_scrape_renders_again_only_when_an_input_changed() {
+        let backend = MockBackend::from_text("gpus: [{model: X, memoryMiB: 100}]").unwrap();
+        let inventory = Arc::new(backend.inventory().unwrap());
+        let devices = backend.telemetry(&inventory);
+        let snapshot = Snapshot::build(
+            inventory.clone(),
+            Arc::new(Config::default()),
+            Arc::new(HealthState::default()),
+        )
+        .unwrap();
+        let status = StatusBoard::default();
+        let (_snap_tx, snapshots) = watch::channel(Arc::new(snapshot));
+        let (tel_tx, telemetry) = watch::channel(Arc::new(TelemetrySample {
+            inventory: inventory.clone(),
+            devices: devices.clone(),
+        }));
+        let (_pods_tx, pods) = watch::channel(Arc::new(PodAllocations::default()));
+        let metrics = Metrics::new(Sources {
+            handles: Handles {
+                node: "n".into(),
+                snapshots,
+                status: status.clone(),
+                stats: Arc::new(AgentStats::default()),
+                xid_counts: XidCounts::default(),
+            },
+            telemetry,
+            pods,
+        })
+        .unwrap();
+
+        let first = metrics.scrape().unwrap();
+        let again = metrics.scrape().unwrap();
+        assert_eq!(
+            first.as_ptr(),
+            again.as_ptr(),
+            "unchanged inputs: the same bytes"
+        );
+        assert_eq!(first, metrics.render().unwrap().as_bytes());
+
+        status.allocation("nvidia.com/gpu", true);
+        let counted = metrics.scrape().unwrap();
+        let text = std::str::from_utf8(&counted).unwrap();
+        assert!(
+            text.contains("gpu_agent_allocations_total{resource=\"nvidia.com/gpu\"} 1"),
+            "{text}"
+        );
+
+        // A new sample with the same values is a new input: rendered again (same text).
+        tel_tx.send_replace(Arc::new(TelemetrySample { inventory, devices }));
+        let resampled = metrics.scrape().unwrap();
+        assert_ne!(resampled.as_ptr(), counted.as_ptr());
+        assert_eq!(resampled, counted);
+    }
 }
