@@ -1,6 +1,7 @@
 //! Resident memory of the running agent over 100 000 scrapes of `/metrics` (target: ≤ 12 MiB,
 //! flat). The agent runs on the mock backend with the bench node (8 GPUs × 7 MIG devices) and a
-//! pod-resources stub reporting 200 containers, collecting every second.
+//! pod-resources stub reporting 200 containers, collecting every 100 ms (the shortest interval)
+//! so that scrapes keep rendering new samples.
 //!
 //! `cargo bench --bench scrape_rss` (SCRAPES=n to change the count)
 
@@ -125,7 +126,7 @@ fn spawn_agent(dir: &Path, addr: &str) -> Child {
             "--nfd-features-file",
             "",
             "--collect-interval",
-            "1s",
+            "100ms",
         ])
         .env("RUST_LOG", "warn")
         .env_remove("CONFIG_FILE")

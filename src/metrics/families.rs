@@ -1,12 +1,16 @@
 //! Cached state → Prometheus metric families. Pure: no I/O, no locks; the scrape handler gathers
-//! a [`View`] from the caches and calls [`build`].
+//! a [`View`] from the caches and builds a [`Template`] from it (or refreshes the last one's
+//! values); [`build`] serves the [`prometheus::core::Collector`] path.
+//!
+//! One function, `emit`, walks every series in a fixed order, so building and refreshing can
+//! never disagree about which value belongs to which series.
 
 use std::collections::{BTreeMap, HashMap};
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
 use super::names::{self, Kind, MetricDef};
-use crate::gpu::{DeviceTelemetry, Telemetry};
+use crate::gpu::{DeviceTelemetry, Gpu, MigDevice, Telemetry};
 use crate::plugin::PluginStatus;
 use crate::podresources::PodAllocations;
 use crate::resources::Health;
@@ -36,75 +40,85 @@ fn label(name: &str, value: &str) -> LabelPair {
     pair
 }
 
-/// A family being filled.
-struct Family(MetricFamily);
+fn family(def: &MetricDef) -> MetricFamily {
+    let mut mf = MetricFamily::default();
+    mf.set_name(def.name.to_string());
+    mf.set_help(def.help.to_string());
+    mf.set_field_type(match def.kind {
+        Kind::Gauge => MetricType::GAUGE,
+        Kind::Counter => MetricType::COUNTER,
+    });
+    mf
+}
 
-impl Family {
-    fn new(def: &MetricDef) -> Self {
-        let mut mf = MetricFamily::default();
-        mf.set_name(def.name.to_string());
-        mf.set_help(def.help.to_string());
-        mf.set_field_type(match def.kind {
-            Kind::Gauge => MetricType::GAUGE,
-            Kind::Counter => MetricType::COUNTER,
-        });
-        Self(mf)
-    }
-
-    fn push(&mut self, labels: Vec<LabelPair>, value: f64) {
-        let mut metric = Metric::from_label(labels);
-        match self.0.get_field_type() {
-            MetricType::COUNTER => {
-                let mut c = Counter::default();
-                c.set_value(value);
-                metric.set_counter(c);
-            }
-            _ => {
-                let mut g = Gauge::default();
-                g.set_value(value);
-                metric.set_gauge(g);
-            }
-        }
-        self.0.mut_metric().push(metric);
+fn set_value(metric: &mut Metric, kind: MetricType, value: f64) {
+    if kind == MetricType::COUNTER {
+        let mut c = Counter::default();
+        c.set_value(value);
+        metric.set_counter(c);
+    } else {
+        let mut g = Gauge::default();
+        g.set_value(value);
+        metric.set_gauge(g);
     }
 }
 
-/// One GPU or MIG device with the labels of its series.
+/// Where [`emit`] puts the series: new families ([`Builder`]) or the values of existing ones
+/// ([`Refresher`]). Labels are a closure so that a refresh allocates none.
+trait Sink {
+    /// The next family starts.
+    fn family(&mut self, def: &'static MetricDef);
+    /// A series of the current family; `id` identifies it within the family for a given
+    /// snapshot and attribution (so that a refresh can tell the series set changed).
+    fn series(&mut self, id: u64, labels: impl FnOnce() -> Vec<LabelPair>, value: f64);
+}
+
+/// One GPU or MIG device.
 struct Device<'a> {
-    labels: Vec<LabelPair>,
+    gpu: &'a Gpu,
+    mig: Option<&'a MigDevice>,
     telemetry: Option<&'a DeviceTelemetry>,
     healthy: bool,
     /// From the inventory, for when the backend could not read the total.
     memory_total_mib: u64,
 }
 
+impl Device<'_> {
+    fn uuid(&self) -> &str {
+        self.mig.map_or(&self.gpu.uuid, |m| &m.uuid)
+    }
+
+    fn labels(&self, node: &str) -> Vec<LabelPair> {
+        let mut labels =
+            Vec::with_capacity(names::DEVICE_LABELS.len() + names::MIG_LABELS.len() + 1);
+        labels.push(label("node", node));
+        labels.push(label("gpu", &self.gpu.index.to_string()));
+        labels.push(label("uuid", self.uuid()));
+        labels.push(label("model", &self.gpu.model));
+        if let Some(mig) = self.mig {
+            labels.push(label("parent_uuid", &self.gpu.uuid));
+            labels.push(label("mig_profile", &mig.profile));
+            labels.push(label("gpu_instance_id", &mig.gpu_instance_id.to_string()));
+        }
+        labels
+    }
+}
+
 fn devices<'a>(view: &View<'a>) -> Vec<Device<'a>> {
-    let inventory = &view.snapshot.inventory;
     let health = &view.snapshot.health;
     let mut out = Vec::new();
-    for gpu in &inventory.gpus {
-        let index = gpu.index.to_string();
-        let base = |uuid: &str| {
-            vec![
-                label("node", view.node),
-                label("gpu", &index),
-                label("uuid", uuid),
-                label("model", &gpu.model),
-            ]
-        };
+    for gpu in &view.snapshot.inventory.gpus {
         out.push(Device {
-            labels: base(&gpu.uuid),
+            gpu,
+            mig: None,
             telemetry: view.telemetry.get(&gpu.uuid),
             healthy: health.gpu_healthy(&gpu.uuid),
             memory_total_mib: gpu.memory_mib,
         });
         for mig in &gpu.mig_devices {
-            let mut labels = base(&mig.uuid);
-            labels.push(label("parent_uuid", &gpu.uuid));
-            labels.push(label("mig_profile", &mig.profile));
-            labels.push(label("gpu_instance_id", &mig.gpu_instance_id.to_string()));
             out.push(Device {
-                labels,
+                gpu,
+                mig: Some(mig),
                 telemetry: view.telemetry.get(&mig.uuid),
                 healthy: health.mig_healthy(&gpu.uuid, &mig.uuid),
                 memory_total_mib: mig.memory_mib,
@@ -114,79 +128,84 @@ fn devices<'a>(view: &View<'a>) -> Vec<Device<'a>> {
     out
 }
 
-/// Build every family. Families with no series are left for the registry to prune.
-pub fn build(view: &View<'_>) -> Vec<MetricFamily> {
-    let devices = devices(view);
-    let mut families = Vec::with_capacity(names::ALL.len());
+/// Device gauges: a value the device did not report is omitted, never 0.
+type DeviceValue = fn(&Device<'_>) -> Option<f64>;
+const DEVICE_GAUGES: [(&MetricDef, DeviceValue); 9] = [
+    (&names::GPU_UTILIZATION, |d| {
+        d.telemetry.and_then(|t| t.utilization_percent)
+    }),
+    (&names::GPU_MEMORY_UTILIZATION, |d| {
+        let t = d.telemetry?;
+        let used = t.memory_used_mib? as f64;
+        let total = t.memory_total_mib.unwrap_or(d.memory_total_mib) as f64;
+        (total > 0.0).then(|| used / total * 100.0)
+    }),
+    (&names::GPU_MEMORY_USED, |d| {
+        d.telemetry
+            .and_then(|t| t.memory_used_mib)
+            .map(|m| m as f64 * MIB)
+    }),
+    (&names::GPU_MEMORY_TOTAL, |d| {
+        let mib = d
+            .telemetry
+            .and_then(|t| t.memory_total_mib)
+            .unwrap_or(d.memory_total_mib);
+        (mib > 0).then(|| mib as f64 * MIB)
+    }),
+    (&names::GPU_TEMPERATURE, |d| {
+        d.telemetry.and_then(|t| t.temperature_celsius)
+    }),
+    (&names::GPU_POWER, |d| {
+        d.telemetry.and_then(|t| t.power_watts)
+    }),
+    (&names::GPU_SM_CLOCK, |d| {
+        d.telemetry.and_then(|t| t.sm_clock_mhz).map(|c| c * MHZ)
+    }),
+    (&names::GPU_MEMORY_CLOCK, |d| {
+        d.telemetry
+            .and_then(|t| t.memory_clock_mhz)
+            .map(|c| c * MHZ)
+    }),
+    (&names::GPU_HEALTHY, |d| {
+        Some(if d.healthy { 1.0 } else { 0.0 })
+    }),
+];
 
-    // Device gauges: a value the device did not report is omitted, never 0.
-    type Value = fn(&Device<'_>) -> Option<f64>;
-    let gauges: [(&MetricDef, Value); 9] = [
-        (&names::GPU_UTILIZATION, |d| {
-            d.telemetry.and_then(|t| t.utilization_percent)
-        }),
-        (&names::GPU_MEMORY_UTILIZATION, |d| {
-            let t = d.telemetry?;
-            let used = t.memory_used_mib? as f64;
-            let total = t.memory_total_mib.unwrap_or(d.memory_total_mib) as f64;
-            (total > 0.0).then(|| used / total * 100.0)
-        }),
-        (&names::GPU_MEMORY_USED, |d| {
-            d.telemetry
-                .and_then(|t| t.memory_used_mib)
-                .map(|m| m as f64 * MIB)
-        }),
-        (&names::GPU_MEMORY_TOTAL, |d| {
-            let mib = d
-                .telemetry
-                .and_then(|t| t.memory_total_mib)
-                .unwrap_or(d.memory_total_mib);
-            (mib > 0).then(|| mib as f64 * MIB)
-        }),
-        (&names::GPU_TEMPERATURE, |d| {
-            d.telemetry.and_then(|t| t.temperature_celsius)
-        }),
-        (&names::GPU_POWER, |d| {
-            d.telemetry.and_then(|t| t.power_watts)
-        }),
-        (&names::GPU_SM_CLOCK, |d| {
-            d.telemetry.and_then(|t| t.sm_clock_mhz).map(|c| c * MHZ)
-        }),
-        (&names::GPU_MEMORY_CLOCK, |d| {
-            d.telemetry
-                .and_then(|t| t.memory_clock_mhz)
-                .map(|c| c * MHZ)
-        }),
-        (&names::GPU_HEALTHY, |d| {
-            Some(if d.healthy { 1.0 } else { 0.0 })
-        }),
-    ];
-    for (def, value) in gauges {
-        let mut family = Family::new(def);
-        for device in &devices {
+/// Every series of `view`, family by family, in a fixed order.
+fn emit(view: &View<'_>, sink: &mut impl Sink) {
+    let devices = devices(view);
+    let node = view.node;
+
+    for (def, value) in DEVICE_GAUGES {
+        sink.family(def);
+        for (id, device) in devices.iter().enumerate() {
             if let Some(v) = value(device).filter(|v| v.is_finite()) {
-                family.push(device.labels.clone(), v);
+                sink.series(id as u64, || device.labels(node), v);
             }
         }
-        families.push(family.0);
     }
 
     // XIDs, for devices still in the inventory.
-    let by_uuid: HashMap<&str, &Device<'_>> =
-        devices.iter().map(|d| (d.labels[2].value(), d)).collect();
-    let mut xids = Family::new(&names::GPU_XID_ERRORS);
-    for ((uuid, xid), count) in view.xids {
-        if let Some(device) = by_uuid.get(uuid.as_str()) {
-            let mut labels = device.labels.clone();
-            labels.push(label("xid", &xid.to_string()));
-            xids.push(labels, *count as f64);
+    let by_uuid: HashMap<&str, (usize, &Device<'_>)> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.uuid(), (i, d)))
+        .collect();
+    sink.family(&names::GPU_XID_ERRORS);
+    for (id, ((uuid, xid), count)) in view.xids.iter().enumerate() {
+        if let Some((_, device)) = by_uuid.get(uuid.as_str()) {
+            let labels = || {
+                let mut labels = device.labels(node);
+                labels.push(label("xid", &xid.to_string()));
+                labels
+            };
+            sink.series(id as u64, labels, *count as f64);
         }
     }
-    families.push(xids.0);
 
     // Attribution: every container on every device of ours, mapped to the GPU / MIG UUID.
-    let mut allocation = Family::new(&names::CONTAINER_ALLOCATION);
-    for held in &view.pods.devices {
+    sink.family(&names::CONTAINER_ALLOCATION);
+    for (id, held) in view.pods.devices.iter().enumerate() {
         let Some(device) = view
             .snapshot
             .resources
@@ -195,7 +214,7 @@ pub fn build(view: &View<'_>) -> Vec<MetricFamily> {
         else {
             continue;
         };
-        allocation.push(
+        let labels = || {
             vec![
                 label("namespace", &held.namespace),
                 label("pod", &held.pod),
@@ -203,55 +222,190 @@ pub fn build(view: &View<'_>) -> Vec<MetricFamily> {
                 label("resource", &held.resource),
                 label("device_id", &held.device_id),
                 label("uuid", device.target.device_uuid()),
-            ],
-            1.0,
-        );
+            ]
+        };
+        sink.series(id as u64, labels, 1.0);
     }
-    families.push(allocation.0);
 
     // Agent.
-    let mut build_info = Family::new(&names::BUILD_INFO);
-    build_info.push(vec![label("version", view.version)], 1.0);
-    families.push(build_info.0);
+    sink.family(&names::BUILD_INFO);
+    sink.series(0, || vec![label("version", view.version)], 1.0);
 
-    let counters: [(&MetricDef, fn(&PluginStatus) -> u64); 3] = [
+    let counters: [(&'static MetricDef, fn(&PluginStatus) -> u64); 3] = [
         (&names::REGISTRATIONS, |s| s.registrations),
         (&names::ALLOCATIONS, |s| s.allocations),
         (&names::ALLOCATION_ERRORS, |s| s.allocation_errors),
     ];
     for (def, value) in counters {
-        let mut family = Family::new(def);
-        for (resource, status) in view.plugins {
-            family.push(vec![label("resource", resource)], value(status) as f64);
+        sink.family(def);
+        for (id, (resource, status)) in view.plugins.iter().enumerate() {
+            sink.series(
+                id as u64,
+                || vec![label("resource", resource)],
+                value(status) as f64,
+            );
         }
-        families.push(family.0);
     }
 
-    let mut advertised = Family::new(&names::ADVERTISED_DEVICES);
-    for (name, resource) in &view.snapshot.resources.resources {
-        for health in [Health::Healthy, Health::Unhealthy] {
-            advertised.push(
-                vec![label("resource", name), label("health", health.as_str())],
+    sink.family(&names::ADVERTISED_DEVICES);
+    for (id, (name, resource)) in view.snapshot.resources.resources.iter().enumerate() {
+        for (h, health) in [Health::Healthy, Health::Unhealthy].into_iter().enumerate() {
+            sink.series(
+                (id * 2 + h) as u64,
+                || vec![label("resource", name), label("health", health.as_str())],
                 resource.count(health) as f64,
             );
         }
     }
-    families.push(advertised.0);
 
     for (def, value) in [
         (&names::CONFIG_RELOADS, view.config_reloads),
         (&names::CONFIG_RELOAD_FAILURES, view.config_reload_failures),
     ] {
-        let mut family = Family::new(def);
-        family.push(Vec::new(), value as f64);
-        families.push(family.0);
+        sink.family(def);
+        sink.series(0, Vec::new, value as f64);
     }
 
-    let mut up = Family::new(&names::POD_RESOURCES_UP);
-    up.push(Vec::new(), if view.pods.up { 1.0 } else { 0.0 });
-    families.push(up.0);
+    sink.family(&names::POD_RESOURCES_UP);
+    sink.series(0, Vec::new, if view.pods.up { 1.0 } else { 0.0 });
+}
 
-    families
+/// Builds new families.
+#[derive(Default)]
+struct Builder {
+    families: Vec<MetricFamily>,
+    ids: Vec<Vec<u64>>,
+}
+
+impl Sink for Builder {
+    fn family(&mut self, def: &'static MetricDef) {
+        self.families.push(family(def));
+        self.ids.push(Vec::new());
+    }
+
+    fn series(&mut self, id: u64, labels: impl FnOnce() -> Vec<LabelPair>, value: f64) {
+        if let (Some(mf), Some(ids)) = (self.families.last_mut(), self.ids.last_mut()) {
+            let mut metric = Metric::from_label(labels());
+            set_value(&mut metric, mf.get_field_type(), value);
+            mf.mut_metric().push(metric);
+            ids.push(id);
+        }
+    }
+}
+
+/// Writes new values into families built for the same series set; notices when the set
+/// differs (a device stopped reporting a value, an XID appeared) so the caller rebuilds.
+struct Refresher<'t> {
+    families: &'t mut [MetricFamily],
+    ids: &'t [Vec<u64>],
+    current: Option<usize>,
+    next: usize,
+    same: bool,
+}
+
+impl Refresher<'_> {
+    /// The series of the current family are all accounted for.
+    fn close(&mut self) {
+        if let Some(f) = self.current {
+            if self.next != self.ids[f].len() {
+                self.same = false;
+            }
+        }
+    }
+}
+
+impl Sink for Refresher<'_> {
+    fn family(&mut self, def: &'static MetricDef) {
+        self.close();
+        let f = self.current.map_or(0, |f| f + 1);
+        self.current = Some(f);
+        self.next = 0;
+        if self.families.get(f).is_none_or(|mf| mf.name() != def.name) {
+            self.same = false;
+        }
+    }
+
+    fn series(&mut self, id: u64, _labels: impl FnOnce() -> Vec<LabelPair>, value: f64) {
+        if !self.same {
+            return;
+        }
+        let Some(f) = self.current else {
+            self.same = false;
+            return;
+        };
+        let i = self.next;
+        self.next += 1;
+        if self.ids[f].get(i) != Some(&id) {
+            self.same = false;
+            return;
+        }
+        let kind = self.families[f].get_field_type();
+        if let Some(metric) = self.families[f].mut_metric().get_mut(i) {
+            set_value(metric, kind, value);
+        }
+    }
+}
+
+/// Build every family, empty ones included (a registry prunes them).
+pub fn build(view: &View<'_>) -> Vec<MetricFamily> {
+    let mut builder = Builder::default();
+    emit(view, &mut builder);
+    builder.families
+}
+
+/// Families kept between scrapes: while the series set stays the same (same snapshot, same
+/// attribution, same devices reporting), a scrape only writes new values into them instead of
+/// allocating every label again.
+pub struct Template {
+    families: Vec<MetricFamily>,
+    ids: Vec<Vec<u64>>,
+}
+
+impl Template {
+    /// Build the families for `view`.
+    pub fn new(view: &View<'_>) -> Self {
+        let mut builder = Builder::default();
+        emit(view, &mut builder);
+        Self {
+            families: builder.families,
+            ids: builder.ids,
+        }
+    }
+
+    /// Write `view`'s values into the families. False when `view` has a different series set
+    /// (the template is then unusable: build a new one). The caller must only pass views of the
+    /// same snapshot, attribution, plugin names and XID keys as the one this was built from.
+    pub fn refresh(&mut self, view: &View<'_>) -> bool {
+        let mut refresher = Refresher {
+            families: &mut self.families,
+            ids: &self.ids,
+            current: None,
+            next: 0,
+            same: true,
+        };
+        emit(view, &mut refresher);
+        refresher.close();
+        refresher.same && refresher.current.map_or(0, |f| f + 1) == self.families.len()
+    }
+
+    /// The families, empty ones included.
+    pub fn families(&self) -> &[MetricFamily] {
+        &self.families
+    }
+
+    /// The text exposition of the non-empty families.
+    pub fn encode(&self) -> Result<String, prometheus::Error> {
+        let encoder = prometheus::TextEncoder::new();
+        let mut out = String::with_capacity(64 * 1024);
+        for mf in self
+            .families
+            .iter()
+            .filter(|mf| !mf.get_metric().is_empty())
+        {
+            encoder.encode_utf8(std::slice::from_ref(mf), &mut out)?;
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -531,6 +685,36 @@ gpus:
                 ("nvidia.com/gpu Unhealthy".to_string(), 0.0)
             ]
         );
+    }
+
+    #[test]
+    fn a_refreshed_template_matches_a_fresh_build() {
+        let mut f = fixture(None, HealthState::default());
+        let rest = (BTreeMap::new(), PodAllocations::default(), BTreeMap::new());
+        let mut template = Template::new(&view(&f, &rest.0, &rest.1, &rest.2));
+        let gpu0 = f.snapshot.inventory.gpus[0].uuid.clone();
+        let gpu1 = f.snapshot.inventory.gpus[1].uuid.clone();
+
+        // New values, same series: refreshed in place, identical to a fresh build.
+        let t0 = f.telemetry.get_mut(&gpu0).unwrap();
+        t0.utilization_percent = Some(3.0);
+        t0.power_watts = Some(99.5);
+        assert!(template.refresh(&view(&f, &rest.0, &rest.1, &rest.2)));
+        let fresh = Template::new(&view(&f, &rest.0, &rest.1, &rest.2));
+        assert_eq!(template.encode().unwrap(), fresh.encode().unwrap());
+        assert!(template.encode().unwrap().contains(&format!(
+            "gpu_utilization_percent{{node=\"n1\",gpu=\"0\",uuid=\"{gpu0}\",model=\"NVIDIA H100 80GB HBM3\"}} 3\n"
+        )));
+
+        // A value moves from one GPU to another: as many series, but not the same ones.
+        f.telemetry.get_mut(&gpu0).unwrap().sm_clock_mhz = None;
+        f.telemetry.get_mut(&gpu1).unwrap().sm_clock_mhz = Some(1000.0);
+        assert!(!template.refresh(&view(&f, &rest.0, &rest.1, &rest.2)));
+
+        // A device stops reporting altogether: fewer series.
+        let mut template = Template::new(&view(&f, &rest.0, &rest.1, &rest.2));
+        f.telemetry.remove(&gpu1);
+        assert!(!template.refresh(&view(&f, &rest.0, &rest.1, &rest.2)));
     }
 
     #[test]

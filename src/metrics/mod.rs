@@ -2,8 +2,13 @@
 //!
 //! A scrape reads the latest telemetry sample, pod attribution, snapshot, plugin status and
 //! counters — each a cheap clone of an `Arc` or a small copy — and never calls NVML or the
-//! kubelet. Families are rebuilt on every scrape ([`AgentCollector`]), so a device that is gone
-//! (re-partitioned, removed) disappears from the next scrape instead of lingering.
+//! kubelet. The series set follows those inputs on every scrape, so a device that is gone
+//! (re-partitioned, removed) disappears from the next scrape instead of lingering. The same
+//! families are also available as a [`prometheus::core::Collector`] ([`AgentCollector`]).
+//!
+//! Cost: labels are what is expensive to build (two strings per label, ~3 000 on a big node),
+//! so [`Metrics::scrape`] keeps the last families and, while the series set is unchanged, only
+//! writes new values into them.
 
 pub mod families;
 pub mod names;
@@ -68,28 +73,12 @@ impl Collector for AgentCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let h = &self.sources.handles;
-        let snapshot = h.snapshots.borrow().clone();
-        let telemetry = self.sources.telemetry.borrow().clone();
-        let pods = self.sources.pods.borrow().clone();
-        let xids = h.xid_counts.snapshot();
-        let plugins = h.status.snapshot();
-        families::build(&families::View {
-            node: &h.node,
-            version: VERSION,
-            snapshot: &snapshot,
-            telemetry: &telemetry.devices,
-            xids: &xids,
-            pods: &pods,
-            plugins: &plugins,
-            config_reloads: h.stats.config_reloads.load(Ordering::Relaxed),
-            config_reload_failures: h.stats.config_reload_failures.load(Ordering::Relaxed),
-        })
+        let inputs = Inputs::read(&self.sources);
+        families::build(&inputs.view(&self.sources.handles.node))
     }
 }
 
-/// Everything a rendering depends on. Equal inputs give equal text, so a scrape whose inputs
-/// are unchanged since the last one is served the same bytes without rendering again.
+/// Everything a rendering depends on, read once per scrape.
 struct Inputs {
     snapshot: Arc<Snapshot>,
     telemetry: Arc<TelemetrySample>,
@@ -114,67 +103,101 @@ impl Inputs {
         }
     }
 
-    /// Same values: the caches hand out a new `Arc` only when they change, so pointer equality
-    /// is enough for the big parts.
+    fn view<'a>(&'a self, node: &'a str) -> families::View<'a> {
+        families::View {
+            node,
+            version: VERSION,
+            snapshot: &self.snapshot,
+            telemetry: &self.telemetry.devices,
+            xids: &self.xids,
+            pods: &self.pods,
+            plugins: &self.plugins,
+            config_reloads: self.config_reloads,
+            config_reload_failures: self.config_reload_failures,
+        }
+    }
+
+    /// Same values as `other`. The caches hand out a new `Arc` only when they change, so pointer
+    /// equality is enough for the big parts.
     fn same(&self, other: &Inputs) -> bool {
-        Arc::ptr_eq(&self.snapshot, &other.snapshot)
+        self.same_series(other)
             && Arc::ptr_eq(&self.telemetry, &other.telemetry)
-            && Arc::ptr_eq(&self.pods, &other.pods)
             && self.xids == other.xids
             && self.plugins == other.plugins
             && self.config_reloads == other.config_reloads
             && self.config_reload_failures == other.config_reload_failures
     }
+
+    /// Inputs that decide the series set, apart from which devices report which values (the
+    /// template notices those itself).
+    fn same_series(&self, other: &Inputs) -> bool {
+        Arc::ptr_eq(&self.snapshot, &other.snapshot)
+            && Arc::ptr_eq(&self.pods, &other.pods)
+            && self.xids.keys().eq(other.xids.keys())
+            && self.plugins.keys().eq(other.plugins.keys())
+    }
 }
 
-/// The registry `/metrics` renders, and the last text it rendered.
+/// What the last scrape rendered, and from what.
+struct Rendered {
+    inputs: Inputs,
+    template: families::Template,
+    text: Bytes,
+}
+
+/// `/metrics`: renders the caches, reusing the last rendering where the inputs allow.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
     sources: Sources,
-    last: Arc<Mutex<Option<(Inputs, Bytes)>>>,
+    last: Arc<Mutex<Option<Rendered>>>,
 }
 
 impl Metrics {
-    /// A registry holding the agent's collector.
+    /// A renderer over `sources`; fails only if a metric definition were invalid.
     pub fn new(sources: Sources) -> prometheus::Result<Self> {
-        let registry = Registry::new();
-        registry.register(Box::new(AgentCollector::new(sources.clone())?))?;
+        // Registering the collector validates every name and help text once, at start.
+        Registry::new().register(Box::new(AgentCollector::new(sources.clone())?))?;
         Ok(Self {
-            registry,
             sources,
             last: Arc::new(Mutex::new(None)),
         })
     }
 
-    /// Every family now, as the registry gathers them (sorted, empty ones pruned).
-    pub fn gather(&self) -> Vec<MetricFamily> {
-        self.registry.gather()
-    }
-
-    /// The text exposition of every metric now, always rendered afresh.
+    /// The text exposition of every metric now, built from scratch.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        encode(&self.gather())
+        let inputs = Inputs::read(&self.sources);
+        families::Template::new(&inputs.view(&self.sources.handles.node)).encode()
     }
 
-    /// The text exposition for a scrape: rendered when an input changed since the last scrape,
-    /// else the bytes the last scrape got.
+    /// The text exposition for a scrape. Unchanged inputs get the last text again; changed
+    /// values with the same series set (the usual case: a new telemetry sample) are written into
+    /// the last families; anything else is built from scratch.
     pub fn scrape(&self) -> Result<Bytes, prometheus::Error> {
         let inputs = Inputs::read(&self.sources);
-        {
-            let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((seen, text)) = last.as_ref() {
-                if seen.same(&inputs) {
-                    return Ok(text.clone());
-                }
+        let node = &self.sources.handles.node;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = last.as_mut() {
+            if r.inputs.same(&inputs) {
+                return Ok(r.text.clone());
+            }
+            if r.inputs.same_series(&inputs) && r.template.refresh(&inputs.view(node)) {
+                r.text = Bytes::from(r.template.encode()?);
+                r.inputs = inputs;
+                return Ok(r.text.clone());
             }
         }
-        let text = Bytes::from(self.render()?);
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some((inputs, text.clone()));
+        let template = families::Template::new(&inputs.view(node));
+        let text = Bytes::from(template.encode()?);
+        *last = Some(Rendered {
+            inputs,
+            template,
+            text: text.clone(),
+        });
         Ok(text)
     }
 }
-/// Encode families in the text format.
+
+/// Encode families in the text format (every family must have a series).
 pub fn encode(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
     let mut out = String::with_capacity(64 * 1024);
     TextEncoder::new().encode_utf8(families, &mut out)?;
