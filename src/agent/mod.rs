@@ -5,6 +5,8 @@
 //! config file ─config──┼─► assemble ─► Snapshot (watch) ─► plugin manager ─► one server per resource
 //! backend ─events─► health ┘                          ├─► HTTP, labels
 //!                                                      └─► CDI spec file (cdi-* strategies)
+//! backend ─telemetry (collect interval)─► cache ─┐
+//! kubelet pod-resources ─List (collect interval)─► cache ─┴─► /metrics
 //! ```
 
 pub mod assemble;
@@ -23,9 +25,12 @@ use crate::gpu::backend::BackendEvents;
 use crate::health::queue;
 use crate::health::watcher::{self, XidCounts};
 use crate::health::{HealthPolicy, HealthTracker};
+use crate::http::{self, HttpState};
+use crate::metrics::{Metrics, Sources};
 use crate::plugin::{kubelet_watch, manager, PluginContext, StatusBoard};
 use crate::proto::v1beta1::KUBELET_SOCKET;
 use crate::snapshot::Snapshot;
+use crate::{labels, podresources, telemetry};
 
 /// Agent-wide counters.
 #[derive(Debug, Default)]
@@ -85,6 +90,15 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
     if snapshot.resources.is_empty() {
         tracing::warn!("no GPU resources to advertise on this node");
     }
+    // Bind before anything else starts, so a taken address is a clear fatal error.
+    let listener = match args.metrics_addr.as_str() {
+        "" => None,
+        addr => Some(
+            http::bind(addr)
+                .await
+                .map_err(|e| Fatal::Other(e.to_string()))?,
+        ),
+    };
 
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (inventory_tx, inventory_rx) = watch::channel(inventory);
@@ -165,8 +179,25 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         stats,
         xid_counts,
     };
-    let _ = &handles;
     let plugins = tokio::spawn(manager::run(ctx, shutdown.clone()));
+    let http = match listener {
+        Some(listener) => Some(spawn_metrics(
+            listener,
+            &args,
+            backend.clone(),
+            inventory_tx.subscribe(),
+            handles.clone(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+    if !args.nfd_features_file.is_empty() {
+        tokio::spawn(labels::run(
+            args.nfd_features_file.clone().into(),
+            handles.snapshots.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     wait_for_termination(hup_tx).await?;
     tracing::info!("shutting down: stopping plugins and removing their sockets");
@@ -174,8 +205,51 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
     drop(event_tx);
     drop(inventory_tx);
     let _ = plugins.await;
+    if let Some(http) = http {
+        // Idle keep-alive connections could hold a graceful shutdown open; do not wait for them.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http).await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Start the telemetry collector, the pod-resources poller and the HTTP server: the caches only
+/// have a reader when HTTP is on.
+fn spawn_metrics(
+    listener: tokio::net::TcpListener,
+    args: &RunArgs,
+    backend: Arc<dyn crate::gpu::GpuBackend>,
+    inventory: watch::Receiver<Arc<crate::gpu::Inventory>>,
+    handles: Handles,
+    shutdown: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, Fatal> {
+    let (telemetry_tx, telemetry_cache) = telemetry::cache();
+    tokio::spawn(telemetry::run(
+        backend,
+        inventory,
+        args.collect_interval,
+        telemetry_tx,
+        shutdown.clone(),
+    ));
+    let (pods_tx, pods_cache) = podresources::cache();
+    tokio::spawn(podresources::run(
+        args.pod_resources_socket.clone(),
+        args.collect_interval,
+        handles.snapshots.clone(),
+        pods_tx,
+        shutdown.clone(),
+    ));
+    let state = HttpState {
+        snapshots: handles.snapshots.clone(),
+        status: handles.status.clone(),
+        metrics: Metrics::new(Sources {
+            handles,
+            telemetry: telemetry_cache,
+            pods: pods_cache,
+        })
+        .map_err(|e| Fatal::Other(format!("cannot set up metrics: {e}")))?,
+    };
+    Ok(tokio::spawn(http::serve(listener, state, shutdown)))
 }
 
 /// Wait for SIGTERM or SIGINT; forward SIGHUP as a config re-read.

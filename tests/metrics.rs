@@ -1,0 +1,606 @@
+//! `/metrics`, `/healthz`, `/readyz` and the NFD feature file, from the real binary on the mock
+//! backend, over real HTTP and real unix sockets (SPEC.md section 6).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use gpu_agent::proto::podresources_v1::{
+    pod_resources_lister_server::{PodResourcesLister, PodResourcesListerServer},
+    AllocatableResourcesRequest, AllocatableResourcesResponse, ContainerDevices,
+    ContainerResources, GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest,
+    ListPodResourcesResponse, PodResources,
+};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+const GPU0: &str = "GPU-00000000-1111-2222-3333-000000000000";
+const GPU1: &str = "GPU-00000000-1111-2222-3333-000000000001";
+const GPU2: &str = "GPU-00000000-1111-2222-3333-000000000002";
+
+fn fixture(gpu0_utilization: u32) -> String {
+    format!(
+        r#"
+node: metrics-node
+driverVersion: "580.95.05"
+cudaDriverVersion: "13.0"
+gpus:
+  - model: NVIDIA H100 80GB HBM3
+    uuid: {GPU0}
+    telemetry: {{utilizationPercent: {gpu0_utilization}, memoryUsedMiB: 40000, temperatureCelsius: 61, powerWatts: 412.5}}
+  - model: NVIDIA H100 80GB HBM3
+    uuid: {GPU1}
+    telemetry: {{utilizationPercent: 5, memoryUsedMiB: 1024, temperatureCelsius: 40, powerWatts: 90}}
+  - model: NVIDIA H100 80GB HBM3
+    uuid: {GPU2}
+    mig: {{devices: [{{profile: 3g.40gb, memoryUsedMiB: 1200}}, 2g.20gb]}}
+"#
+    )
+}
+
+/// One sample: (metric name, labels, value).
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// Parse the text exposition (enough of it for our own output: no escapes beyond `\"`).
+fn parse(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let value: f64 = value.parse().expect("sample value");
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let mut labels = BTreeMap::new();
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (key, after) = rest.split_once("=\"").expect("label");
+                    let mut value = String::new();
+                    let mut chars = after.char_indices();
+                    let mut end = after.len();
+                    while let Some((i, c)) = chars.next() {
+                        match c {
+                            '\\' => {
+                                if let Some((_, n)) = chars.next() {
+                                    value.push(n)
+                                }
+                            }
+                            '"' => {
+                                end = i + 1;
+                                break;
+                            }
+                            c => value.push(c),
+                        }
+                    }
+                    labels.insert(key.to_string(), value);
+                    rest = after[end..].trim_start_matches(',');
+                }
+                (name.to_string(), labels)
+            }
+        };
+        out.push((name, labels, value));
+    }
+    out
+}
+
+fn find<'a>(samples: &'a [Sample], name: &str, label: (&str, &str)) -> Option<&'a Sample> {
+    samples
+        .iter()
+        .find(|(n, l, _)| n == name && l.get(label.0).map(String::as_str) == Some(label.1))
+}
+
+fn value(samples: &[Sample], name: &str, uuid: &str) -> Option<f64> {
+    find(samples, name, ("uuid", uuid)).map(|s| s.2)
+}
+
+fn scrape(addr: &str) -> Option<String> {
+    match http_get(addr, "/metrics") {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// Scrape until `check` passes on the parsed samples; returns that scrape's text.
+async fn scrape_until(addr: &str, what: &str, check: impl Fn(&[Sample]) -> bool) -> String {
+    let mut last = String::new();
+    let mut found = None;
+    eventually(what, || match scrape(addr) {
+        Some(text) => {
+            let ok = check(&parse(&text));
+            if ok {
+                found = Some(text.clone());
+            }
+            last = text;
+            ok
+        }
+        None => false,
+    })
+    .await;
+    let _ = last;
+    found.unwrap_or_default()
+}
+
+/// `promtool check metrics` on `text` when promtool is installed (`.ci/run` installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            println!("SKIPPED promtool check: promtool not runnable ({e}); install Debian's `prometheus` package");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics complained:\n{report}\n--- scrape ---\n{text}"
+    );
+}
+
+fn write(path: &Path, text: &str) {
+    // Replace by rename, so the agent never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn scrape_reports_the_fixture_and_follows_its_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture_path = dir.path().join("fixture.yaml");
+    write(&fixture_path, &fixture(87));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _kubelet = TestKubelet::start(dir.path()).await;
+    let agent = Agent::spawn(
+        dir.path(),
+        &[
+            "--mock-fixture",
+            fixture_path.to_str().unwrap(),
+            "--metrics-addr",
+            &addr,
+            "--collect-interval",
+            "200ms",
+        ],
+    );
+
+    let text = scrape_until(&addr, "GPU 0 utilization", |s| {
+        value(s, "gpu_utilization_percent", GPU0) == Some(87.0)
+    })
+    .await;
+    let samples = parse(&text);
+    let (_, labels, _) = find(&samples, "gpu_healthy", ("uuid", GPU0)).unwrap();
+    assert_eq!(labels["node"], "metrics-node");
+    assert_eq!(labels["gpu"], "0");
+    assert_eq!(labels["model"], "NVIDIA H100 80GB HBM3");
+    assert_eq!(
+        value(&samples, "gpu_memory_used_bytes", GPU0),
+        Some(40000.0 * 1048576.0)
+    );
+    let total = value(&samples, "gpu_memory_total_bytes", GPU0).unwrap();
+    let percent = value(&samples, "gpu_memory_utilization_percent", GPU0).unwrap();
+    assert!((percent - 40000.0 * 1048576.0 / total * 100.0).abs() < 1e-9);
+    assert_eq!(value(&samples, "gpu_temperature_celsius", GPU1), Some(40.0));
+    assert_eq!(value(&samples, "gpu_power_watts", GPU0), Some(412.5));
+    assert_eq!(value(&samples, "gpu_healthy", GPU1), Some(1.0));
+
+    // MIG devices: parent, profile and instance id; memory, no utilization / power / temperature.
+    let migs: Vec<&Sample> = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "gpu_memory_used_bytes" && l.get("parent_uuid").map(String::as_str) == Some(GPU2)
+        })
+        .collect();
+    assert_eq!(migs.len(), 2, "{migs:?}");
+    let big = migs
+        .iter()
+        .find(|(_, l, _)| l["mig_profile"] == "3g.40gb")
+        .expect("3g.40gb series");
+    assert_eq!(big.2, 1200.0 * 1048576.0);
+    assert_eq!(big.1["gpu"], "2");
+    assert!(big.1["uuid"].starts_with("MIG-"));
+    assert!(big.1["gpu_instance_id"].parse::<u32>().is_ok());
+    for (_, l, _) in &migs {
+        let uuid = &l["uuid"];
+        assert_eq!(value(&samples, "gpu_utilization_percent", uuid), None);
+        assert_eq!(value(&samples, "gpu_power_watts", uuid), None);
+        assert_eq!(value(&samples, "gpu_temperature_celsius", uuid), None);
+        assert_eq!(value(&samples, "gpu_healthy", uuid), Some(1.0));
+    }
+    // No pod-resources socket: device metrics without attribution.
+    assert!(!samples.iter().any(|s| s.0 == "gpu_container_allocation"));
+    assert_eq!(
+        samples
+            .iter()
+            .find(|s| s.0 == "gpu_agent_pod_resources_up")
+            .map(|s| s.2),
+        Some(0.0)
+    );
+    assert_eq!(
+        samples
+            .iter()
+            .find(|s| s.0 == "gpu_agent_build_info")
+            .map(|s| s.1["version"].clone()),
+        Some(env!("CARGO_PKG_VERSION").to_string())
+    );
+    promtool_check(&text);
+
+    // A fixture edit shows up within a few collect intervals; an appended XID is counted.
+    let edited = fixture(12).replacen(
+        "powerWatts: 412.5}",
+        "powerWatts: 412.5}\n    xids: [13]",
+        1,
+    );
+    write(&fixture_path, &edited);
+    scrape_until(&addr, "the edited utilization and the XID", |s| {
+        value(s, "gpu_utilization_percent", GPU0) == Some(12.0)
+            && s.iter().any(|(n, l, v)| {
+                n == "gpu_xid_errors_total" && l["uuid"] == GPU0 && l["xid"] == "13" && *v == 1.0
+            })
+    })
+    .await;
+
+    // The absent socket was reported once, not every interval.
+    let logs = agent.logs();
+    assert_eq!(
+        logs.matches("pod-resources socket absent").count(),
+        1,
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn readyz_follows_registration_and_healthz_is_always_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(dir.path(), &["--metrics-addr", &addr]);
+
+    eventually("/healthz answers", || {
+        matches!(http_get(&addr, "/healthz"), Some((200, _)))
+    })
+    .await;
+    // Not registered yet, or registered without a ListAndWatch stream: not ready either way.
+    let (status, body) = http_get(&addr, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("nvidia.com/gpu"), "{body}");
+
+    let reg = kubelet.next_registration().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = http_get(&addr, "/readyz").unwrap();
+    assert_eq!(status, 503, "registered, but no stream open yet");
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+    let mut stream = list_and_watch(&mut plugin).await;
+    next_list(&mut stream).await;
+    eventually("/readyz 200", || {
+        matches!(http_get(&addr, "/readyz"), Some((200, _)))
+    })
+    .await;
+    let text = scrape(&addr).unwrap();
+    let samples = parse(&text);
+    assert_eq!(
+        find(
+            &samples,
+            "gpu_agent_registrations_total",
+            ("resource", "nvidia.com/gpu")
+        )
+        .map(|s| s.2),
+        Some(1.0)
+    );
+
+    // The stream closes (a kubelet that went away): not ready any more.
+    drop(stream);
+    drop(plugin);
+    eventually("/readyz 503 after the stream closed", || {
+        matches!(http_get(&addr, "/readyz"), Some((503, _)))
+    })
+    .await;
+}
+
+/// A pod-resources server that answers `List` with whatever the test put in.
+#[derive(Clone, Default)]
+struct PodResourcesStub {
+    answer: Arc<Mutex<ListPodResourcesResponse>>,
+}
+
+#[tonic::async_trait]
+impl PodResourcesLister for PodResourcesStub {
+    async fn list(
+        &self,
+        _: Request<ListPodResourcesRequest>,
+    ) -> Result<Response<ListPodResourcesResponse>, Status> {
+        Ok(Response::new(self.answer.lock().unwrap().clone()))
+    }
+    async fn get_allocatable_resources(
+        &self,
+        _: Request<AllocatableResourcesRequest>,
+    ) -> Result<Response<AllocatableResourcesResponse>, Status> {
+        Err(Status::unimplemented("not in this stub"))
+    }
+    async fn get(
+        &self,
+        _: Request<GetPodResourcesRequest>,
+    ) -> Result<Response<GetPodResourcesResponse>, Status> {
+        Err(Status::unimplemented("not in this stub"))
+    }
+}
+
+fn serve_pod_resources(path: &Path, stub: PodResourcesStub) {
+    let listener = UnixListener::bind(path).expect("bind pod-resources socket");
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(PodResourcesListerServer::new(stub))
+            .serve_with_incoming(UnixListenerStream::new(listener))
+            .await;
+    });
+}
+
+fn pod(namespace: &str, name: &str, containers: &[(&str, &str, &[String])]) -> PodResources {
+    PodResources {
+        name: name.into(),
+        namespace: namespace.into(),
+        containers: containers
+            .iter()
+            .map(|(container, resource, ids)| ContainerResources {
+                name: (*container).into(),
+                devices: vec![ContainerDevices {
+                    resource_name: (*resource).into(),
+                    device_ids: ids.to_vec(),
+                    topology: None,
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn attribution_lists_every_sharer_and_every_vgpu_slice() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture_path = dir.path().join("fixture.yaml");
+    write(&fixture_path, &fixture(50));
+    let config = dir.path().join("config.yaml");
+    write(
+        &config,
+        r#"version: v1
+flags: {migStrategy: mixed}
+sharing:
+  timeSlicing:
+    resources:
+      - {name: nvidia.com/gpu, replicas: 4, devices: [0], rename: nvidia.com/gpu.shared}
+  vgpu:
+    resources:
+      - {name: nvidia.com/gpu, memoryMiB: 20000, devices: [1], rename: nvidia.com/vgpu}
+"#,
+    );
+    let stub = PodResourcesStub::default();
+    let slice = |n: u32| format!("{GPU1}::vgpu{n}");
+    let replica = |n: u32| format!("{GPU0}::{n}");
+    *stub.answer.lock().unwrap() = ListPodResourcesResponse {
+        pod_resources: vec![
+            pod(
+                "ml",
+                "infer-a",
+                &[("server", "nvidia.com/gpu.shared", &[replica(0)])],
+            ),
+            pod(
+                "ml",
+                "infer-b",
+                &[("server", "nvidia.com/gpu.shared", &[replica(1)])],
+            ),
+            pod(
+                "ml",
+                "slices",
+                &[
+                    ("one", "nvidia.com/vgpu", &[slice(0)]),
+                    ("two", "nvidia.com/vgpu", &[slice(1), slice(2)]),
+                ],
+            ),
+            pod(
+                "other",
+                "fpga",
+                &[("x", "example.com/fpga", &["F-0".to_string()])],
+            ),
+        ],
+    };
+    serve_pod_resources(&dir.path().join("pod-resources.sock"), stub.clone());
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(
+        dir.path(),
+        &[
+            "--mock-fixture",
+            fixture_path.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-addr",
+            &addr,
+            "--collect-interval",
+            "200ms",
+        ],
+    );
+
+    let allocations = |s: &[Sample]| -> Vec<String> {
+        s.iter()
+            .filter(|(n, _, _)| n == "gpu_container_allocation")
+            .map(|(_, l, v)| {
+                format!(
+                    "{}/{}/{} {} {} {} {v}",
+                    l["namespace"],
+                    l["pod"],
+                    l["container"],
+                    l["resource"],
+                    l["device_id"],
+                    l["uuid"]
+                )
+            })
+            .collect()
+    };
+    let text = scrape_until(&addr, "five attributed containers", |s| {
+        allocations(s).len() == 5
+    })
+    .await;
+    let samples = parse(&text);
+    let mut got = allocations(&samples);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            format!(
+                "ml/infer-a/server nvidia.com/gpu.shared {} {GPU0} 1",
+                replica(0)
+            ),
+            format!(
+                "ml/infer-b/server nvidia.com/gpu.shared {} {GPU0} 1",
+                replica(1)
+            ),
+            format!("ml/slices/one nvidia.com/vgpu {} {GPU1} 1", slice(0)),
+            format!("ml/slices/two nvidia.com/vgpu {} {GPU1} 1", slice(1)),
+            format!("ml/slices/two nvidia.com/vgpu {} {GPU1} 1", slice(2)),
+        ]
+    );
+    assert_eq!(
+        samples
+            .iter()
+            .find(|s| s.0 == "gpu_agent_pod_resources_up")
+            .map(|s| s.2),
+        Some(1.0)
+    );
+    promtool_check(&text);
+
+    // A MIG device held by a pod joins on the MIG UUID.
+    let mig = find(
+        &samples,
+        "gpu_memory_used_bytes",
+        ("mig_profile", "2g.20gb"),
+    )
+    .map(|s| s.1["uuid"].clone())
+    .expect("2g.20gb device");
+    *stub.answer.lock().unwrap() = ListPodResourcesResponse {
+        pod_resources: vec![pod(
+            "ml",
+            "train",
+            &[("main", "nvidia.com/mig-2g.20gb", &[mig.clone()])],
+        )],
+    };
+    scrape_until(&addr, "the MIG allocation replacing the others", |s| {
+        allocations(s)
+            == [format!(
+                "ml/train/main nvidia.com/mig-2g.20gb {mig} {mig} 1"
+            )]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nfd_feature_file_follows_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture_path = dir.path().join("fixture.yaml");
+    write(&fixture_path, &fixture(0));
+    let config = dir.path().join("config.yaml");
+    write(&config, "version: v1\nflags: {migStrategy: mixed}\n");
+    let features = dir.path().join("features.d").join("gpu-agent");
+    let _kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(
+        dir.path(),
+        &[
+            "--mock-fixture",
+            fixture_path.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--nfd-features-file",
+            features.to_str().unwrap(),
+        ],
+    );
+    let read = || std::fs::read_to_string(&features).unwrap_or_default();
+    eventually("the feature file", || !read().is_empty()).await;
+    let labels: BTreeMap<String, String> = read()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let expect = [
+        ("nvidia.com/gpu.present", "true"),
+        ("nvidia.com/gpu.product", "NVIDIA-H100-80GB-HBM3"),
+        ("nvidia.com/gpu.count", "3"),
+        ("nvidia.com/gpu.replicas", "1"),
+        ("nvidia.com/gpu.sharing-strategy", "none"),
+        ("nvidia.com/mig.capable", "true"),
+        ("nvidia.com/mig.strategy", "mixed"),
+        ("nvidia.com/mig-3g.40gb.count", "1"),
+        ("nvidia.com/mig-2g.20gb.count", "1"),
+        (
+            "nvidia.com/mig-2g.20gb.product",
+            "NVIDIA-H100-80GB-HBM3-MIG-2g.20gb",
+        ),
+        ("nvidia.com/cuda.driver-version.full", "580.95.05"),
+    ];
+    for (k, v) in expect {
+        assert_eq!(
+            labels.get(k).map(String::as_str),
+            Some(v),
+            "{k} in {labels:?}"
+        );
+    }
+    assert!(labels["nvidia.com/gpu.memory"].parse::<u64>().unwrap() > 80_000);
+    // No temp file left beside it (NFD would skip a hidden one anyway).
+    let entries = std::fs::read_dir(features.parent().unwrap())
+        .unwrap()
+        .count();
+    assert_eq!(entries, 1);
+
+    // A config change rewrites the file.
+    write(
+        &config,
+        "version: v1\nflags: {migStrategy: mixed}\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n",
+    );
+    eventually("time-slicing labels", || {
+        let text = read();
+        text.contains("nvidia.com/gpu.replicas=4\n")
+            && text.contains("nvidia.com/gpu.sharing-strategy=time-slicing\n")
+            && text.contains("nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3-SHARED\n")
+    })
+    .await;
+}
+
+#[test]
+fn a_taken_metrics_address_is_a_clear_fatal_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut agent = Agent::spawn(dir.path(), &["--metrics-addr", &addr]);
+    let status = agent.wait_exit(WAIT).expect("the agent exits");
+    assert_eq!(status.code(), Some(1));
+    let logs = agent.logs();
+    assert!(
+        logs.contains(&addr) && logs.contains("--metrics-addr"),
+        "{logs}"
+    );
+}
