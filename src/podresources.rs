@@ -7,7 +7,7 @@
 //! without attribution and says so once, not every interval.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,13 +131,16 @@ pub async fn run(
                 State::Ok
             }
             Err(e) => {
-                client = None;
                 failures += 1;
                 let absent = matches!(e, PollError::Absent);
-                if let PollError::Status(ref s) = e {
-                    if s.code() == Code::ResourceExhausted {
-                        exhausted += 1;
-                    }
+                let rate_limited =
+                    matches!(&e, PollError::Status(s) if s.code() == Code::ResourceExhausted);
+                if rate_limited {
+                    // The connection is fine; the kubelet wants fewer calls.
+                    exhausted += 1;
+                } else {
+                    exhausted = 0;
+                    client = None;
                 }
                 // Keep the last answer through a short outage (a kubelet restart); drop it when
                 // the failure lasts, so a dashboard never shows long-gone pods as current.
@@ -197,7 +200,7 @@ enum PollError {
 }
 
 async fn poll(
-    socket: &PathBuf,
+    socket: &Path,
     client: &mut Option<PodResourcesListerClient<Channel>>,
     timeout: Duration,
 ) -> Result<ListPodResourcesResponse, PollError> {

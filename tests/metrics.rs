@@ -326,6 +326,9 @@ async fn readyz_follows_registration_and_healthz_is_always_up() {
 #[derive(Clone, Default)]
 struct PodResourcesStub {
     answer: Arc<Mutex<ListPodResourcesResponse>>,
+    /// Answer RESOURCE_EXHAUSTED, as a kubelet over its rate limit does.
+    exhausted: Arc<std::sync::atomic::AtomicBool>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 #[tonic::async_trait]
@@ -334,6 +337,11 @@ impl PodResourcesLister for PodResourcesStub {
         &self,
         _: Request<ListPodResourcesRequest>,
     ) -> Result<Response<ListPodResourcesResponse>, Status> {
+        use std::sync::atomic::Ordering;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.exhausted.load(Ordering::SeqCst) {
+            return Err(Status::resource_exhausted("rate limit exceeded"));
+        }
         Ok(Response::new(self.answer.lock().unwrap().clone()))
     }
     async fn get_allocatable_resources(
@@ -462,9 +470,14 @@ sharing:
             })
             .collect()
     };
-    let text = scrape_until(&addr, "five attributed containers", |s| {
-        allocations(s).len() == 5
-    })
+    let text = scrape_until(
+        &addr,
+        "five attributed containers and a telemetry sample",
+        |s| {
+            allocations(s).len() == 5
+                && find(s, "gpu_memory_used_bytes", ("mig_profile", "2g.20gb")).is_some()
+        },
+    )
     .await;
     let samples = parse(&text);
     let mut got = allocations(&samples);
@@ -506,7 +519,7 @@ sharing:
         pod_resources: vec![pod(
             "ml",
             "train",
-            &[("main", "nvidia.com/mig-2g.20gb", &[mig.clone()])],
+            &[("main", "nvidia.com/mig-2g.20gb", std::slice::from_ref(&mig))],
         )],
     };
     scrape_until(&addr, "the MIG allocation replacing the others", |s| {
@@ -514,6 +527,38 @@ sharing:
             == [format!(
                 "ml/train/main nvidia.com/mig-2g.20gb {mig} {mig} 1"
             )]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rate_limiting_kubelet_gets_fewer_calls() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let stub = PodResourcesStub::default();
+    stub.exhausted.store(true, Ordering::SeqCst);
+    serve_pod_resources(&dir.path().join("pod-resources.sock"), stub.clone());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(
+        dir.path(),
+        &["--metrics-addr", &addr, "--collect-interval", "100ms"],
+    );
+    eventually("the first List call", || {
+        stub.calls.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    let started = stub.calls.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Without backoff that is ~30 calls; doubling from 100 ms gives 4 or 5.
+    let during = stub.calls.load(Ordering::SeqCst) - started;
+    assert!(during <= 8, "{during} List calls in 3 s while rate-limited");
+
+    // Once the kubelet answers again, attribution is back (pods_resources_up 1).
+    stub.exhausted.store(false, Ordering::SeqCst);
+    scrape_until(&addr, "pod-resources up again", |s| {
+        s.iter()
+            .any(|(n, _, v)| n == "gpu_agent_pod_resources_up" && *v == 1.0)
     })
     .await;
 }

@@ -20,7 +20,7 @@ pub fn fixture() -> String {
             "  - model: NVIDIA H100 80GB HBM3\n    telemetry: {{utilizationPercent: {u}, memoryUsedMiB: {m}, temperatureCelsius: 60, powerWatts: 400.5, smClockMhz: 1980, memoryClockMhz: 2619}}\n    mig: {{devices: [{d}]}}\n",
             u = 10 + i,
             m = 1000 * (i + 1),
-            d = vec!["{profile: 1g.10gb, memoryUsedMiB: 512}"; MIGS_PER_GPU].join(", ")
+            d = ["{profile: 1g.10gb, memoryUsedMiB: 512}"; MIGS_PER_GPU].join(", ")
         ));
     }
     text

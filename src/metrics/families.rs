@@ -150,7 +150,7 @@ const DEVICE_GAUGES: [(&MetricDef, DeviceValue); 9] = [
             .telemetry
             .and_then(|t| t.memory_total_mib)
             .unwrap_or(d.memory_total_mib);
-        (mib > 0).then(|| mib as f64 * MIB)
+        (mib > 0).then_some(mib as f64 * MIB)
     }),
     (&names::GPU_TEMPERATURE, |d| {
         d.telemetry.and_then(|t| t.temperature_celsius)
@@ -231,7 +231,8 @@ fn emit(view: &View<'_>, sink: &mut impl Sink) {
     sink.family(&names::BUILD_INFO);
     sink.series(0, || vec![label("version", view.version)], 1.0);
 
-    let counters: [(&'static MetricDef, fn(&PluginStatus) -> u64); 3] = [
+    type Counted = fn(&PluginStatus) -> u64;
+    let counters: [(&'static MetricDef, Counted); 3] = [
         (&names::REGISTRATIONS, |s| s.registrations),
         (&names::ALLOCATIONS, |s| s.allocations),
         (&names::ALLOCATION_ERRORS, |s| s.allocation_errors),
