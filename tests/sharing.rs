@@ -288,7 +288,10 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
         .await;
     let mut plugin = kubelet.plugin(&endpoint("nvidia.com/mig-1g.10gb")).await;
     let r = allocate(&mut plugin, &migs).await.unwrap();
-    let mig_names: Vec<String> = migs.iter().map(|m| format!("k8s.gpu-agent.io/gpu={m}")).collect();
+    let mig_names: Vec<String> = migs
+        .iter()
+        .map(|m| format!("k8s.gpu-agent.io/gpu={m}"))
+        .collect();
     assert_eq!(
         r.cdi_devices
             .iter()
