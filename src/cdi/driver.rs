@@ -5,7 +5,9 @@
 //!   and what it loads at run time: PTX JIT, NVVM, the shared compiler, the debugger, the
 //!   allocator, OpenCL, PKCS#11 (compute). Only `libcuda` and `libnvidia-ml` are required: without
 //!   them there is no driver to speak of. Each is taken as `<stem>.so.<driver version>`, the
-//!   version NVML reports, from the first library directory that has it: a leftover
+//!   version NVML reports, from the first library directory that has it (or, failing that, has a
+//!   link to a file of that name elsewhere, as some node images do; that directory is then
+//!   searched too): a leftover
 //!   `libcuda.so.570.86.15` of an older driver beside the running 580's is never picked, since
 //!   mixing a user-space library with another kernel module version fails in every CUDA call.
 //! - **Sonames**: the name the loader asks for (`libcuda.so.1`) is read off the symlink `ldconfig`
@@ -13,7 +15,8 @@
 //!   usual soname from [`LIBRARIES`], else the file's own name (libraries whose soname carries the
 //!   full version, like `libnvidia-gpucomp.so.580.95.05`).
 //! - **Binaries** ([`BINARIES`]): `nvidia-smi` and friends, all optional.
-//! - **GSP firmware**: `/lib/firmware/nvidia/<version>/gsp*.bin`.
+//! - **GSP firmware**: `/lib/firmware/nvidia/<version>/gsp*.bin` (or `/firmware/nvidia/…` under a
+//!   driver installed in its own prefix), mounted at the former.
 //! - **nvidia-ctk**: the hook binary of the NVIDIA Container Toolkit, when there is one (see
 //!   `layout` for what it changes).
 //!
@@ -99,9 +102,16 @@ pub const BINARY_DIRS: &[&str] = &["/usr/bin", "/usr/sbin", "/usr/local/bin", "/
 /// Where nvidia-ctk is looked for under the driver root when `nvidiaCTKPath` is not set.
 pub const DEFAULT_CTK_PATH: &str = "/usr/bin/nvidia-ctk";
 
-/// Where the GSP firmware of driver `<version>` lives.
+/// Where the GSP firmware of driver `<version>` lives, and where containers get it.
 pub fn firmware_dir(version: &str) -> String {
     format!("/lib/firmware/nvidia/{version}")
+}
+
+/// Where else it is looked for: a driver installed under its own prefix (`<prefix>/lib64`,
+/// `<prefix>/bin`, `<prefix>/firmware`, as on nodes that mount the driver at
+/// `/usr/local/nvidia`), with that prefix as the driver root.
+pub fn prefix_firmware_dir(version: &str) -> String {
+    format!("/firmware/nvidia/{version}")
 }
 
 /// Library directories searched, in order, for this machine's architecture.
@@ -263,21 +273,26 @@ pub fn discover(query: &Query) -> Result<Driver, NotFound> {
     })
 }
 
-/// `gsp*.bin` of driver `version`.
+/// `gsp*.bin` of driver `version`, from the first firmware directory that has any, each to be
+/// mounted at [`firmware_dir`].
 fn firmware(fs: &RootFs, version: &str) -> Vec<File> {
-    let dir = firmware_dir(version);
-    let Ok(entries) = fs.list(&dir) else {
-        return Vec::new();
-    };
-    entries
-        .into_iter()
-        .filter(|e| e.name.starts_with("gsp") && e.name.ends_with(".bin"))
-        .filter_map(|e| {
-            let location = format!("{dir}/{}", e.name);
-            let path = fs.regular_file(&location).ok()?;
-            Some(File { path, location })
-        })
-        .collect()
+    let usual = firmware_dir(version);
+    for dir in [usual.clone(), prefix_firmware_dir(version)] {
+        let Ok(entries) = fs.list(&dir) else { continue };
+        let files: Vec<File> = entries
+            .into_iter()
+            .filter(|e| e.name.starts_with("gsp") && e.name.ends_with(".bin"))
+            .filter_map(|e| {
+                let path = fs.regular_file(&format!("{dir}/{}", e.name)).ok()?;
+                let location = format!("{usual}/{}", e.name);
+                Some(File { path, location })
+            })
+            .collect();
+        if !files.is_empty() {
+            return files;
+        }
+    }
+    Vec::new()
 }
 
 /// Host path of nvidia-ctk, if hooks are to be used.
@@ -326,23 +341,65 @@ impl<'a> Dirs<'a> {
             .unwrap_or(&[])
     }
 
-    /// `<stem>.so.<version>` from the first directory that has it as a regular file.
+    /// `<stem>.so.<version>` from the first directory that has it as a regular file; else from
+    /// the first directory with a `<stem>.so.*` link to a file of that name elsewhere.
     fn find(&mut self, wanted: &Wanted, version: &str) -> Option<Library> {
         let name = format!("{}.so.{version}", wanted.stem);
+        self.find_file(wanted, &name)
+            .or_else(|| self.find_link(wanted.stem, &name))
+    }
+
+    fn find_file(&mut self, wanted: &Wanted, name: &str) -> Option<Library> {
         for dir in self.dirs.clone() {
             let location = format!("{dir}/{name}");
             let Ok(path) = self.fs.regular_file(&location) else {
                 continue;
             };
             let soname = self
-                .soname_link(&dir, wanted.stem, &name, &path)
+                .soname_link(&dir, wanted.stem, name, &path)
                 .or_else(|| wanted.soname.map(str::to_string))
-                .unwrap_or_else(|| name.clone());
+                .unwrap_or_else(|| name.to_string());
             return Some(Library {
                 path,
                 location,
                 soname,
             });
+        }
+        None
+    }
+
+    /// Hosts whose library directories hold only the soname links, into the driver's own
+    /// directory (`/lib/libcuda.so.1 -> /usr/local/nvidia/lib64/libcuda.so.1`, as in some
+    /// managed node images): the file is mounted from where it really is, under the link's name.
+    fn find_link(&mut self, stem: &str, name: &str) -> Option<Library> {
+        let prefix = format!("{stem}.so.");
+        for dir in self.dirs.clone() {
+            let links: Vec<String> = self
+                .listing(&dir)
+                .iter()
+                .filter(|e| e.is_symlink && e.name.starts_with(&prefix))
+                .map(|e| e.name.clone())
+                .collect();
+            let found = links
+                .into_iter()
+                .filter_map(|link| {
+                    let path = self.fs.regular_file(&format!("{dir}/{link}")).ok()?;
+                    (path.rsplit('/').next() == Some(name)).then_some((link, path))
+                })
+                .min_by_key(|(link, _)| (link.len(), link.clone()));
+            if let Some((soname, path)) = found {
+                // The driver's own directory: where the libraries without a soname link (their
+                // soname is the versioned name) are too.
+                let own = path.rsplit_once('/').map(|(d, _)| d.to_string());
+                if let Some(own) = own.filter(|d| !d.is_empty() && !self.dirs.contains(d)) {
+                    self.dirs.push(own);
+                }
+                return Some(Library {
+                    location: path.clone(),
+                    path,
+                    soname,
+                });
+            }
         }
         None
     }

@@ -311,6 +311,99 @@ fn merged_usr_and_debian_alternatives_resolve_to_the_real_files() {
 }
 
 #[test]
+fn soname_links_into_another_directory_are_followed_when_the_version_matches() {
+    let t = Tree::new();
+    // Only links in the library directories; the files live in the driver's own directory.
+    let own = "/usr/local/nvidia/lib64";
+    t.lib(own, "libcuda", V, Some("libcuda.so.1"))
+        .lib(own, "libnvidia-ml", V, Some("libnvidia-ml.so.1"))
+        .lib("/opt/old", "libnvidia-ml", OLD, None)
+        .link("/lib/libcuda.so.1", &format!("{own}/libcuda.so.1"))
+        .link("/lib/libcuda.so", "libcuda.so.1")
+        // First in the search order, but another version: never taken.
+        .link(
+            &format!("{X86}/libnvidia-ml.so.1"),
+            &format!("/opt/old/libnvidia-ml.so.{OLD}"),
+        )
+        .link(
+            "/lib/libnvidia-ml.so.1",
+            &format!("{own}/libnvidia-ml.so.{V}"),
+        );
+    let d = t.discover(Some(V)).unwrap();
+    let (ml, cuda) = (
+        format!("{own}/libnvidia-ml.so.{V}"),
+        format!("{own}/libcuda.so.{V}"),
+    );
+    assert_eq!(
+        libs(&d),
+        [
+            (ml.as_str(), "libnvidia-ml.so.1"),
+            (cuda.as_str(), "libcuda.so.1")
+        ]
+    );
+    assert!(d
+        .libraries
+        .iter()
+        .all(|l| l.location == l.path && l.dir() == own));
+    // The version is still told by the link.
+    assert_eq!(t.discover(None).unwrap().version, V);
+}
+
+#[test]
+fn a_node_with_the_driver_under_its_own_prefix() {
+    // As seen on a GPU node: the driver in /usr/local/nvidia/{lib64,bin,firmware}, /lib holding
+    // absolute soname links into it, nothing for libraries whose soname is the versioned name.
+    let t = Tree::new();
+    let own = "/usr/local/nvidia/lib64";
+    for (stem, soname) in [
+        ("libnvidia-ml", Some("libnvidia-ml.so.1")),
+        ("libcuda", Some("libcuda.so.1")),
+        ("libnvidia-nvvm", Some("libnvidia-nvvm.so.4")),
+        ("libnvidia-gpucomp", None),
+    ] {
+        t.lib(own, stem, V, soname);
+        if let Some(soname) = soname {
+            t.link(&format!("/lib/{soname}"), &format!("{own}/{soname}"));
+        }
+    }
+    t.file("/usr/local/nvidia/bin/nvidia-smi")
+        .link("/usr/bin/nvidia-smi", "/usr/local/nvidia/bin/nvidia-smi")
+        .file(&format!(
+            "/usr/local/nvidia/firmware/nvidia/{V}/gsp_ga10x.bin"
+        ));
+
+    // Driver root /: the links lead to the driver's directory, which then yields gpucomp too.
+    let d = t.discover(Some(V)).unwrap();
+    let sonames: Vec<&str> = d.libraries.iter().map(|l| l.soname.as_str()).collect();
+    let gpucomp = format!("libnvidia-gpucomp.so.{V}");
+    assert_eq!(
+        sonames,
+        [
+            "libnvidia-ml.so.1",
+            "libcuda.so.1",
+            "libnvidia-nvvm.so.4",
+            gpucomp.as_str()
+        ]
+    );
+    assert!(d.libraries.iter().all(|l| l.path.starts_with(own)));
+    assert_eq!(d.binaries[0].path, "/usr/local/nvidia/bin/nvidia-smi");
+    assert!(d.firmware.is_empty());
+
+    // Driver root /usr/local/nvidia: lib64, bin and firmware under the prefix.
+    let mut q = t.query(Some(V));
+    q.read_root = t.outer("/usr/local/nvidia").to_str().unwrap().into();
+    let d = discover(&q).unwrap();
+    assert_eq!(d.libraries.len(), 4);
+    assert!(d.libraries.iter().all(|l| l.dir() == "/lib64"));
+    assert_eq!(paths(&d.binaries), [("/bin/nvidia-smi", "/bin/nvidia-smi")]);
+    let (real, usual) = (
+        format!("/firmware/nvidia/{V}/gsp_ga10x.bin"),
+        format!("/lib/firmware/nvidia/{V}/gsp_ga10x.bin"),
+    );
+    assert_eq!(paths(&d.firmware), [(real.as_str(), usual.as_str())]);
+}
+
+#[test]
 fn nvidia_ctk_from_the_config_or_the_driver_root() {
     let t = Tree::new();
     t.driver();
