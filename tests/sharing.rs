@@ -234,14 +234,47 @@ async fn vgpu_slices_carry_their_limits_and_stay_on_one_gpu() {
     );
 }
 
+/// A fake driver root: the running 580.95.05 driver's libraries (with their soname links),
+/// an older driver's leftovers, nvidia-smi and GSP firmware.
+fn fake_driver_root(root: &Path) {
+    use std::os::unix::fs::symlink;
+    let lib = root.join(format!("usr/lib/{}-linux-gnu", std::env::consts::ARCH));
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(root.join("lib/firmware/nvidia/580.95.05")).unwrap();
+    for version in ["580.95.05", "570.86.15"] {
+        for stem in ["libcuda", "libnvidia-ml"] {
+            std::fs::write(lib.join(format!("{stem}.so.{version}")), b"elf").unwrap();
+        }
+    }
+    symlink("libcuda.so.580.95.05", lib.join("libcuda.so.1")).unwrap();
+    symlink("libnvidia-ml.so.580.95.05", lib.join("libnvidia-ml.so.1")).unwrap();
+    std::fs::write(root.join("usr/bin/nvidia-smi"), b"elf").unwrap();
+    std::fs::write(
+        root.join("lib/firmware/nvidia/580.95.05/gsp_ga10x.bin"),
+        b"fw",
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn cdi_strategies_fill_the_response_and_write_the_spec() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = write(dir.path(), "node.yaml", MIG_NODE);
+    let fixture = write(
+        dir.path(),
+        "node.yaml",
+        &format!("driverVersion: \"580.95.05\"\n{MIG_NODE}"),
+    );
+    let driver_root = dir.path().join("driver");
+    fake_driver_root(&driver_root);
     let config = write(
         dir.path(),
         "config.yaml",
-        "flags: {migStrategy: mixed, plugin: {deviceListStrategy: [cdi-annotations, cdi-cri]}}\n",
+        &format!(
+            "flags: {{migStrategy: mixed, nvidiaDriverRoot: {}, \
+             plugin: {{deviceListStrategy: [cdi-annotations, cdi-cri]}}}}\n",
+            driver_root.display()
+        ),
     );
     let mut kubelet = TestKubelet::start(dir.path()).await;
     let mut streams = Streams::default();
@@ -288,7 +321,10 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
         .await;
     let mut plugin = kubelet.plugin(&endpoint("nvidia.com/mig-1g.10gb")).await;
     let r = allocate(&mut plugin, &migs).await.unwrap();
-    let mig_names: Vec<String> = migs.iter().map(|m| format!("k8s.gpu-agent.io/gpu={m}")).collect();
+    let mig_names: Vec<String> = migs
+        .iter()
+        .map(|m| format!("k8s.gpu-agent.io/gpu={m}"))
+        .collect();
     assert_eq!(
         r.cdi_devices
             .iter()
@@ -327,6 +363,46 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
         };
         assert_eq!(first_node, expected);
     }
+    // The driver's files, found under nvidiaDriverRoot, in the /usr/local/nvidia layout (no
+    // nvidia-ctk in the fake root): the running version only, under its soname.
+    let root = driver_root.to_str().unwrap();
+    let lib = format!("{root}/usr/lib/{}-linux-gnu", std::env::consts::ARCH);
+    let mounts: Vec<(String, String)> = spec["containerEdits"]["mounts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no mounts: {spec:#}"))
+        .iter()
+        .map(|m| {
+            assert_eq!(
+                m["options"],
+                serde_json::json!(["ro", "nosuid", "nodev", "bind"])
+            );
+            let s = |k: &str| m[k].as_str().unwrap().to_string();
+            (s("hostPath"), s("containerPath"))
+        })
+        .collect();
+    let pair = |host: String, container: &str| (host, container.to_string());
+    assert_eq!(
+        mounts,
+        [
+            pair(
+                format!("{lib}/libnvidia-ml.so.580.95.05"),
+                "/usr/local/nvidia/lib64/libnvidia-ml.so.1"
+            ),
+            pair(
+                format!("{lib}/libcuda.so.580.95.05"),
+                "/usr/local/nvidia/lib64/libcuda.so.1"
+            ),
+            pair(
+                format!("{root}/usr/bin/nvidia-smi"),
+                "/usr/local/nvidia/bin/nvidia-smi"
+            ),
+            pair(
+                format!("{root}/lib/firmware/nvidia/580.95.05/gsp_ga10x.bin"),
+                "/lib/firmware/nvidia/580.95.05/gsp_ga10x.bin"
+            ),
+        ]
+    );
+    assert!(spec["containerEdits"].get("hooks").is_none(), "{spec:#}");
 }
 
 #[tokio::test]

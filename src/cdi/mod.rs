@@ -5,7 +5,14 @@
 //!   index, MIG UUID or `<gpu>:<mig>`), exactly what `NVIDIA_VISIBLE_DEVICES` would hold.
 //! - [`annotation_key`]: one key per resource (see there).
 //! - [`spec`]: the pure spec builder; [`writer`]: writes it atomically when it changes.
+//! - [`driver`]: finds the driver's libraries, binaries and firmware under the driver root (read
+//!   through [`rootfs`]); [`layout`]: where they go in the container (mounts, and the
+//!   `nvidia-ctk` ldcache hook when the toolkit is there), so that a container started through
+//!   CDI alone, with no NVIDIA runtime hook, gets `libcuda.so.1` and `nvidia-smi`.
 
+pub mod driver;
+pub mod layout;
+pub mod rootfs;
 pub mod spec;
 pub mod writer;
 
@@ -19,7 +26,7 @@ pub const CLASS: &str = "gpu";
 /// `<vendor>/<class>`: the spec's `kind` and the prefix of every device name.
 pub const KIND: &str = "k8s.gpu-agent.io/gpu";
 /// CDI spec version written. 0.6.0 is understood by containerd ≥ 1.7.2 and CRI-O ≥ 1.28 and
-/// carries everything we use (device nodes with host paths, env).
+/// carries everything we use (device nodes with host paths, env, mounts, named hooks).
 pub const CDI_VERSION: &str = "0.6.0";
 /// Name segment of annotation keys, after the configured prefix.
 pub const ANNOTATION_PLUGIN: &str = "gpu-agent";

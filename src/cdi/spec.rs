@@ -6,14 +6,17 @@
 //! again, so the names handed out under an earlier config must keep resolving after a reload.
 //!
 //! Each device carries its own nodes (`/dev/nvidiaN`, plus the GPU-instance and compute-instance
-//! caps for a MIG device); the spec-wide edits carry the control nodes and
-//! `NVIDIA_VISIBLE_DEVICES=void`. The latter is what NVIDIA's own CDI specs set: CUDA images
-//! default to `NVIDIA_VISIBLE_DEVICES=all`, and without `void` a legacy NVIDIA runtime hook on the
-//! node would add every GPU to a container that CDI gave one.
+//! caps for a MIG device); the spec-wide edits carry the control nodes,
+//! `NVIDIA_VISIBLE_DEVICES=void`, and, when the driver was found on the node, the mounts (and
+//! hooks) that bring its libraries, binaries and firmware into the container (see `layout`).
+//! `void` is what NVIDIA's own CDI specs set: CUDA images default to
+//! `NVIDIA_VISIBLE_DEVICES=all`, and without `void` a legacy NVIDIA runtime hook on the node would
+//! add every GPU to a container that CDI gave one.
 
 use serde::{Deserialize, Serialize};
 
-use super::{CDI_VERSION, KIND};
+use super::driver::Driver;
+use super::{layout, CDI_VERSION, KIND};
 use crate::config::PluginSettings;
 use crate::device_nodes;
 use crate::gpu::Inventory;
@@ -48,6 +51,33 @@ pub struct ContainerEdits {
     pub env: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub device_nodes: Vec<DeviceNode>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<Hook>,
+}
+
+/// A bind mount of a host file into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mount {
+    pub host_path: String,
+    pub container_path: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
+}
+
+/// An OCI hook the runtime runs on the host (`createContainer`: after the mounts, before the
+/// pivot into the container's root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hook {
+    pub hook_name: String,
+    /// Host path of the program.
+    pub path: String,
+    /// Its argv, program name first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
 }
 
 /// A device node: `path` in the container, `host_path` on the host when it differs.
@@ -84,15 +114,16 @@ impl Spec {
     }
 }
 
-/// The spec for every GPU and MIG device of `inventory`.
-pub fn build(inventory: &Inventory, plugin: &PluginSettings) -> Spec {
+/// The spec for every GPU and MIG device of `inventory`, with the files of `driver` when it was
+/// found.
+pub fn build(inventory: &Inventory, plugin: &PluginSettings, driver: Option<&Driver>) -> Spec {
     let dev_root = plugin.nvidia_dev_root.as_str();
     let edits = |paths: Vec<String>| ContainerEdits {
-        env: Vec::new(),
         device_nodes: paths
             .into_iter()
             .map(|p| DeviceNode::new(p, dev_root))
             .collect(),
+        ..ContainerEdits::default()
     };
     let mut devices = Vec::new();
     for gpu in &inventory.gpus {
@@ -125,6 +156,11 @@ pub fn build(inventory: &Inventory, plugin: &PluginSettings) -> Spec {
             .collect(),
     );
     common.env.push(VISIBLE_DEVICES_VOID.to_string());
+    if let Some(driver) = driver {
+        let files = layout::edits(driver, &plugin.nvidia_driver_root);
+        common.mounts = files.mounts;
+        common.hooks = files.hooks;
+    }
     Spec {
         cdi_version: CDI_VERSION.to_string(),
         kind: KIND.to_string(),
@@ -147,7 +183,7 @@ gpus:
     #[test]
     fn every_gpu_and_mig_device_under_both_names() {
         let inv = fixture::parse(NODE).unwrap().inventory;
-        let spec = build(&inv, &PluginSettings::default());
+        let spec = build(&inv, &PluginSettings::default(), None);
         assert_eq!(spec.cdi_version, "0.6.0");
         assert_eq!(spec.kind, "k8s.gpu-agent.io/gpu");
         let names: Vec<&str> = spec.devices.iter().map(|d| d.name.as_str()).collect();
@@ -209,7 +245,7 @@ gpus:
             nvidia_dev_root: "/run/nvidia/driver".into(),
             ..PluginSettings::default()
         };
-        let spec = build(&inv, &plugin);
+        let spec = build(&inv, &plugin, None);
         let node = &spec.device("0").unwrap().container_edits.device_nodes[0];
         assert_eq!(node.path, "/dev/nvidia0");
         assert_eq!(
@@ -224,5 +260,50 @@ gpus:
             "/run/nvidia/driver/dev/nvidia0"
         );
         assert_eq!(serde_json::from_slice::<Spec>(&bytes).unwrap(), spec);
+        // No driver: no mounts, no hooks, not even empty lists.
+        assert!(json["containerEdits"].get("mounts").is_none());
+        assert!(json["containerEdits"].get("hooks").is_none());
+    }
+
+    #[test]
+    fn a_found_driver_adds_mounts_and_the_hook_in_cdi_field_names() {
+        use crate::cdi::driver::Library;
+        let inv = fixture::parse(NODE).unwrap().inventory;
+        let driver = Driver {
+            version: "580.95.05".into(),
+            libraries: vec![Library {
+                path: "/usr/lib64/libcuda.so.580.95.05".into(),
+                location: "/usr/lib64/libcuda.so.580.95.05".into(),
+                soname: "libcuda.so.1".into(),
+            }],
+            binaries: Vec::new(),
+            firmware: Vec::new(),
+            ctk: Some("/usr/bin/nvidia-ctk".into()),
+        };
+        let spec = build(&inv, &PluginSettings::default(), Some(&driver));
+        let json: serde_json::Value = serde_json::from_slice(&spec.to_bytes()).unwrap();
+        let edits = &json["containerEdits"];
+        assert_eq!(
+            edits["mounts"][0],
+            serde_json::json!({
+                "hostPath": "/usr/lib64/libcuda.so.580.95.05",
+                "containerPath": "/usr/lib64/libcuda.so.580.95.05",
+                "options": ["ro", "nosuid", "nodev", "bind"],
+            })
+        );
+        assert_eq!(
+            edits["hooks"][0],
+            serde_json::json!({
+                "hookName": "createContainer",
+                "path": "/usr/bin/nvidia-ctk",
+                "args": ["nvidia-ctk", "hook", "update-ldcache", "--folder", "/usr/lib64"],
+            })
+        );
+        // Devices carry their nodes only; the driver is spec-wide.
+        assert!(spec
+            .devices
+            .iter()
+            .all(|d| d.container_edits.mounts.is_empty()));
+        assert_eq!(edits["env"][0], VISIBLE_DEVICES_VOID);
     }
 }

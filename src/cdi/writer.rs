@@ -7,6 +7,8 @@
 //! - Atomically: a temp file in the same directory (its name ends in `.tmp`, which CDI registries
 //!   ignore), synced, then renamed over the spec, so a runtime never reads half a file.
 //! - Only when the bytes differ from what is on disk: health flaps do not rewrite it.
+//! - The driver's files are looked for once per driver version and driver settings, not on every
+//!   snapshot; a driver that is not there is reported once, with the root searched.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::spec;
+use super::driver::{self, Driver, Query};
+use super::{layout, spec};
 use crate::snapshot::Snapshot;
 
 /// File name of our spec inside the CDI dir.
@@ -30,6 +33,8 @@ pub struct SpecWriter {
     path: PathBuf,
     /// Bytes last known to be on disk.
     written: Option<Vec<u8>>,
+    /// The last driver discovery: what was looked for, and what was found.
+    driver: Option<(Query, Option<Driver>)>,
 }
 
 /// What [`SpecWriter::sync`] did.
@@ -49,7 +54,18 @@ impl SpecWriter {
         Self {
             path: dir.join(FILE_NAME),
             written: None,
+            driver: None,
         }
+    }
+
+    /// The driver's files for `query`, discovered again only when `query` changed.
+    fn driver(&mut self, query: Query) -> Option<&Driver> {
+        if self.driver.as_ref().is_none_or(|(last, _)| *last != query) {
+            let found = driver::discover(&query);
+            log_discovery(&query, &found);
+            self.driver = Some((query, found.ok()));
+        }
+        self.driver.as_ref().and_then(|(_, d)| d.as_ref())
     }
 
     /// The spec file's path.
@@ -63,7 +79,9 @@ impl SpecWriter {
         if !plugin.device_list_strategies.iter().any(|s| s.uses_cdi()) {
             return Ok(Outcome::NotConfigured);
         }
-        let bytes = spec::build(&snapshot.inventory, plugin).to_bytes();
+        let query = Query::new(plugin, &snapshot.inventory);
+        let driver = self.driver(query);
+        let bytes = spec::build(&snapshot.inventory, plugin, driver).to_bytes();
         if self.written.is_none() {
             // First look: a spec from an earlier run with the same content need not be touched.
             self.written = std::fs::read(&self.path).ok();
@@ -89,6 +107,28 @@ impl SpecWriter {
                 false
             }
         }
+    }
+}
+
+/// Say once what the spec will bring into containers besides device nodes.
+fn log_discovery(query: &Query, found: &Result<Driver, driver::NotFound>) {
+    match found {
+        Ok(d) => tracing::info!(
+            root = %query.read_root,
+            version = %d.version,
+            libraries = d.libraries.len(),
+            binaries = d.binaries.len(),
+            firmware = d.firmware.len(),
+            layout = if d.ctk.is_some() { "host paths + nvidia-ctk update-ldcache hook" } else { layout::LIB_DIR },
+            nvidia_ctk = d.ctk.as_deref().unwrap_or("-"),
+            "NVIDIA driver found; the CDI spec mounts its libraries and binaries"
+        ),
+        Err(reason) => tracing::warn!(
+            root = %query.read_root,
+            version = query.version.as_deref().unwrap_or("-"),
+            %reason,
+            "NVIDIA driver not found; the CDI spec lists device nodes only, so containers started through CDI alone get no libcuda, libnvidia-ml or nvidia-smi and need the driver from elsewhere (the NVIDIA runtime hook, or the image)"
+        ),
     }
 }
 
@@ -192,6 +232,69 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, [FILE_NAME]);
+    }
+
+    #[test]
+    fn the_driver_is_looked_for_once_per_version_and_mounted() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("driver");
+        let lib = root.join("usr/lib64");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        for version in ["580.95.05", "580.105.08"] {
+            for stem in ["libcuda", "libnvidia-ml"] {
+                std::fs::write(lib.join(format!("{stem}.so.{version}")), b"elf").unwrap();
+            }
+        }
+        std::fs::write(root.join("usr/bin/nvidia-smi"), b"elf").unwrap();
+        let cdi = config::parse(&format!(
+            "flags: {{nvidiaDriverRoot: {}, plugin: {{deviceListStrategy: cdi-cri}}}}",
+            root.display()
+        ))
+        .unwrap();
+        let node = |version: &str| {
+            format!("driverVersion: \"{version}\"\ngpus: [{{model: NVIDIA H100 80GB HBM3}}]")
+        };
+        let mounted = |writer: &SpecWriter| -> Vec<String> {
+            let spec: spec::Spec =
+                serde_json::from_slice(&std::fs::read(writer.path()).unwrap()).unwrap();
+            spec.container_edits
+                .mounts
+                .iter()
+                .map(|m| {
+                    let host = m.host_path.strip_prefix(root.to_str().unwrap()).unwrap();
+                    format!("{host} -> {}", m.container_path)
+                })
+                .collect()
+        };
+        let mut writer = SpecWriter::new(&dir.path().join("cdi"));
+        let s = snapshot(&node("580.95.05"), cdi.clone());
+        assert_eq!(writer.sync(&s).unwrap(), Outcome::Written);
+        assert_eq!(
+            mounted(&writer),
+            [
+                "/usr/lib64/libnvidia-ml.so.580.95.05 -> /usr/local/nvidia/lib64/libnvidia-ml.so.1",
+                "/usr/lib64/libcuda.so.580.95.05 -> /usr/local/nvidia/lib64/libcuda.so.1",
+                "/usr/bin/nvidia-smi -> /usr/local/nvidia/bin/nvidia-smi",
+            ]
+        );
+        // The same driver version: no new look, although nvidia-smi is gone now.
+        std::fs::remove_file(root.join("usr/bin/nvidia-smi")).unwrap();
+        assert_eq!(writer.sync(&s).unwrap(), Outcome::Unchanged);
+        // A driver upgrade: looked for again.
+        let s = snapshot(&node("580.105.08"), cdi);
+        assert_eq!(writer.sync(&s).unwrap(), Outcome::Written);
+        assert_eq!(
+            mounted(&writer),
+            [
+                "/usr/lib64/libnvidia-ml.so.580.105.08 -> /usr/local/nvidia/lib64/libnvidia-ml.so.1",
+                "/usr/lib64/libcuda.so.580.105.08 -> /usr/local/nvidia/lib64/libcuda.so.1",
+            ]
+        );
+        // A version with no files: device nodes only, still written.
+        let s = snapshot(&node("999.0.1"), s.config.as_ref().clone());
+        assert_eq!(writer.sync(&s).unwrap(), Outcome::Written);
+        assert!(mounted(&writer).is_empty());
     }
 
     #[test]

@@ -204,6 +204,22 @@ pub struct PluginSettings {
     pub nvidia_driver_root: String,
     /// Root under which `/dev/nvidia*` exist on the host (default: the driver root).
     pub nvidia_dev_root: String,
+    /// Where the agent can read the driver root (`flags.plugin.containerDriverRoot`, e.g. the
+    /// DaemonSet's mount of it); `None`: at `nvidia_driver_root` itself. Only CDI's driver
+    /// discovery reads it.
+    pub container_driver_root: Option<String>,
+    /// Host path of `nvidia-ctk` for the CDI spec's ldcache hook (`flags.plugin.nvidiaCTKPath`);
+    /// `None`: `/usr/bin/nvidia-ctk` under the driver root if it is there; `Some("")`: no hook.
+    pub nvidia_ctk_path: Option<String>,
+}
+
+impl PluginSettings {
+    /// Where the agent reads the driver root.
+    pub fn driver_root_readable_at(&self) -> &str {
+        self.container_driver_root
+            .as_deref()
+            .unwrap_or(&self.nvidia_driver_root)
+    }
 }
 
 impl Default for PluginSettings {
@@ -215,6 +231,8 @@ impl Default for PluginSettings {
             cdi_annotation_prefix: "cdi.k8s.io/".into(),
             nvidia_driver_root: "/".into(),
             nvidia_dev_root: "/".into(),
+            container_driver_root: None,
+            nvidia_ctk_path: None,
         }
     }
 }

@@ -116,13 +116,28 @@ fn flags(f: &file::Flags, config: &mut Config, errors: &mut Errors) {
         config.fail_on_init_error = v;
     }
     if let Some(root) = &f.nvidia_driver_root {
-        config.plugin.nvidia_driver_root = root.clone();
-        config.plugin.nvidia_dev_root = root.clone();
+        if absolute("flags.nvidiaDriverRoot", root, errors) {
+            config.plugin.nvidia_driver_root = root.clone();
+            config.plugin.nvidia_dev_root = root.clone();
+        }
     }
     if let Some(root) = &f.nvidia_dev_root {
-        config.plugin.nvidia_dev_root = root.clone();
+        if absolute("flags.nvidiaDevRoot", root, errors) {
+            config.plugin.nvidia_dev_root = root.clone();
+        }
     }
     let Some(plugin) = &f.plugin else { return };
+    if let Some(root) = &plugin.container_driver_root {
+        if absolute("flags.plugin.containerDriverRoot", root, errors) {
+            config.plugin.container_driver_root = Some(root.clone());
+        }
+    }
+    if let Some(path) = &plugin.nvidia_ctk_path {
+        // "" turns the CDI ldcache hook off.
+        if path.is_empty() || absolute("flags.plugin.nvidiaCTKPath", path, errors) {
+            config.plugin.nvidia_ctk_path = Some(path.clone());
+        }
+    }
     if let Some(v) = plugin.pass_device_specs {
         config.plugin.pass_device_specs = v;
     }
@@ -150,6 +165,15 @@ fn flags(f: &file::Flags, config: &mut Config, errors: &mut Errors) {
             config.plugin.cdi_annotation_prefix = prefix.clone();
         }
     }
+}
+
+/// True when `path` is absolute; else an error at `field`.
+fn absolute(field: &str, path: &str, errors: &mut Errors) -> bool {
+    let ok = path.starts_with('/');
+    if !ok {
+        errors.push(field, format!("must be an absolute path, got {path:?}"));
+    }
+    ok
 }
 
 /// `envvar` or `[envvar, cdi-cri]`.
@@ -748,10 +772,41 @@ strategy: {trainingExclusiveAboveGiB: 16, inferenceSharedBelowGiB: 4.5, migRange
         assert!(c.plugin.pass_device_specs);
         assert_eq!(c.plugin.nvidia_driver_root, "/run/nvidia/driver");
         assert_eq!(c.plugin.nvidia_dev_root, "/");
+        assert_eq!(
+            c.plugin.container_driver_root.as_deref(),
+            Some("/driver-root")
+        );
+        assert_eq!(c.plugin.driver_root_readable_at(), "/driver-root");
+        assert_eq!(
+            c.plugin.nvidia_ctk_path.as_deref(),
+            Some("/usr/bin/nvidia-ctk")
+        );
         assert_eq!(c.plugin.cdi_annotation_prefix, "cdi.example.com/");
         assert_eq!(c.shared_placement, SharedPlacement::Packed);
         assert_eq!(c.strategy.inference_shared_below_gib, 4.5);
         assert_eq!(c.vgpu[0].compute_percent, Some(10));
+    }
+
+    #[test]
+    fn driver_paths_must_be_absolute_and_an_empty_ctk_path_turns_the_hook_off() {
+        assert_eq!(
+            errors(
+                "flags: {nvidiaDriverRoot: run/nvidia/driver, nvidiaDevRoot: dev, \
+                 plugin: {containerDriverRoot: driver-root, nvidiaCTKPath: bin/nvidia-ctk}}"
+            ),
+            [
+                r#"flags.nvidiaDriverRoot: must be an absolute path, got "run/nvidia/driver""#,
+                r#"flags.nvidiaDevRoot: must be an absolute path, got "dev""#,
+                r#"flags.plugin.containerDriverRoot: must be an absolute path, got "driver-root""#,
+                r#"flags.plugin.nvidiaCTKPath: must be an absolute path, got "bin/nvidia-ctk""#,
+            ]
+        );
+        let c = parse("flags: {plugin: {nvidiaCTKPath: \"\"}}").unwrap();
+        assert_eq!(c.plugin.nvidia_ctk_path.as_deref(), Some(""));
+        let c = parse("flags: {nvidiaDriverRoot: /run/nvidia/driver}").unwrap();
+        assert_eq!(c.plugin.container_driver_root, None);
+        assert_eq!(c.plugin.driver_root_readable_at(), "/run/nvidia/driver");
+        assert_eq!(c.plugin.nvidia_ctk_path, None);
     }
 
     #[test]

@@ -305,9 +305,9 @@ pub fn pick(mode: Mode, memory_bytes: u64, catalog: &Catalog) -> Result<&Offer, 
 /// Bytes exactly, as a person reads them: `8 GiB`, `9856 MiB`, `20000000000 bytes (~18.6 GiB)`.
 /// Exact so that a reason never reads like `16 GiB > 16 GiB` for a request one byte over.
 pub fn format_bytes(bytes: u64) -> String {
-    if bytes > 0 && bytes % GIB == 0 {
+    if bytes > 0 && bytes.is_multiple_of(GIB) {
         format!("{} GiB", bytes / GIB)
-    } else if bytes > 0 && bytes % MIB == 0 {
+    } else if bytes > 0 && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else if bytes >= GIB {
         format!(
