@@ -34,20 +34,29 @@ kubelet="$bin/test_kubelet"
 echo "list rc=$?" >>"$out/agent.txt"
 "$agent" list --backend nvml >>"$out/agent.txt" 2>&1
 
+# curl may be missing on a bare machine: plain HTTP/1.0 over bash's /dev/tcp.
+http_get() {
+  exec 3<>/dev/tcp/127.0.0.1/9400 || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: localhost\r\n\r\n' "$1" >&3
+  cat <&3
+  exec 3<&-
+}
+
 dir=$(mktemp -d)
 "$kubelet" --dir "$dir" --allocate 1 >"$out/kubelet.jsonl" 2>&1 &
 kpid=$!
 sleep 0.5
-"$agent" run --backend nvml --device-plugin-dir "$dir" --metrics-addr 127.0.0.1:9400 \
+RUST_LOG=info,gpu_agent::gpu::nvml=debug "$agent" run --backend nvml --device-plugin-dir "$dir" --metrics-addr 127.0.0.1:9400 \
   --nfd-features-file "$dir/features" --collect-interval 1s --cdi-spec-dir "$dir/cdi" --log-format json \
   >"$out/run.log" 2>&1 &
 apid=$!
 sleep 20
 {
-  curl -s http://127.0.0.1:9400/metrics
-  echo "--- readyz: $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:9400/readyz)"
+  http_get /metrics
+  echo "--- readyz"; http_get /readyz
   echo "--- features"; cat "$dir/features"
 } >"$out/metrics.txt" 2>&1
+grep -E "VmRSS|VmHWM" "/proc/$apid/status" >>"$out/metrics.txt"
 kill -TERM "$apid"; wait "$apid"; echo "agent exit=$?" >>"$out/run.log"
 kill -INT "$kpid"; wait "$kpid" 2>/dev/null
 ls -la "$dir" >>"$out/run.log"
