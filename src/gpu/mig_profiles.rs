@@ -207,17 +207,18 @@ const H100_NVL: &[ProfileSpec] = &[
     prof("7g.94gb", 0, 7, 8, 95360, 1, S_ZERO),
 ];
 
-/// H200 (SXM, 141GB): lgip from mig-parted issue #120 (2024-09, driver not stated); total
-/// 143771 MiB from nvidia-smi. Placements are inferred from H100 (same slice fractions). Newer
-/// drivers print 2g.35gb 32.50 and 7g.141gb 140.00 GiB; those are not used here.
+/// H200 (SXM, 141GB): `nvidia-smi mig -lgip` read on a real H200 with driver 580.159.04
+/// (2026-11-28, gpu-agent's hardware check: 16.00 / 32.50 / 69.75 / 140.00 GiB; total 143771 MiB
+/// as NVML reports it). An older driver (mig-parted issue #120, 2024-09) printed 32.25 / 69.50 /
+/// 139.75. Profile ids and instance counts as read; placements follow H100 (same fractions).
 const H200: &[ProfileSpec] = &[
     prof("1g.18gb", 19, 1, 1, 16384, 7, S8_SIZE1),
     prof("1g.18gb+me", 20, 1, 1, 16384, 1, S8_SIZE1),
-    prof("1g.35gb", 15, 1, 2, 33024, 4, S8_SIZE2_1G),
-    prof("2g.35gb", 14, 2, 2, 33024, 3, S8_SIZE2_2G),
-    prof("3g.71gb", 9, 3, 4, 71168, 2, S8_SIZE4_3G),
-    prof("4g.71gb", 5, 4, 4, 71168, 1, S_ZERO),
-    prof("7g.141gb", 0, 7, 8, 143104, 1, S_ZERO),
+    prof("1g.35gb", 15, 1, 2, 33280, 4, S8_SIZE2_1G),
+    prof("2g.35gb", 14, 2, 2, 33280, 3, S8_SIZE2_2G),
+    prof("3g.71gb", 9, 3, 4, 71424, 2, S8_SIZE4_3G),
+    prof("4g.71gb", 5, 4, 4, 71424, 1, S_ZERO),
+    prof("7g.141gb", 0, 7, 8, 143360, 1, S_ZERO),
 ];
 
 /// H200 NVL: no lgip was found. The profile names appear in real MIG device names and
@@ -549,6 +550,10 @@ mod tests {
         assert_eq!(h200.memory_total_mib, 143771);
         assert!(h200.profile("7g.141gb").is_some());
         assert!(h200.profile("1g.18gb").is_some());
+        // Read on a real H200 with driver 580.159.04 (`nvidia-smi mig -lgip`: 32.50, 69.75, 140.00 GiB).
+        assert_eq!(h200.profile("2g.35gb").unwrap().memory_mib, 33280);
+        assert_eq!(h200.profile("3g.71gb").unwrap().memory_mib, 71424);
+        assert_eq!(h200.profile("7g.141gb").unwrap().memory_mib, 143360);
         assert_eq!(m(H100).profile("3g.40gb").unwrap().memory_mib, 40448);
         assert_eq!(m(H100).profile("1g.10gb").unwrap().profile_id, 19);
         assert_eq!(m("NVIDIA A30").profile("1g.6gb+me").unwrap().profile_id, 21);
