@@ -88,6 +88,16 @@ impl PluginService {
     fn current(&self) -> Arc<Snapshot> {
         self.snapshots.borrow().clone()
     }
+
+    /// Our resource in `snapshot`; gone only while a config change is removing this plugin.
+    fn advertised<'s>(&self, snapshot: &'s Snapshot) -> Result<&'s Resource, Status> {
+        snapshot.resources.get(&self.resource).ok_or_else(|| {
+            Status::unavailable(format!(
+                "resource {} is not advertised any more",
+                self.resource
+            ))
+        })
+    }
 }
 
 type ListAndWatchStream = Pin<Box<dyn Stream<Item = Result<ListAndWatchResponse, Status>> + Send>>;
@@ -159,12 +169,7 @@ impl DevicePlugin for PluginService {
         request: Request<PreferredAllocationRequest>,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
         let snapshot = self.current();
-        let resource = snapshot.resources.get(&self.resource).ok_or_else(|| {
-            Status::unavailable(format!(
-                "resource {} is not advertised any more",
-                self.resource
-            ))
-        })?;
+        let resource = self.advertised(&snapshot)?;
         let container_responses = request
             .into_inner()
             .container_requests
@@ -195,12 +200,7 @@ impl DevicePlugin for PluginService {
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
         let snapshot = self.current();
-        let resource = snapshot.resources.get(&self.resource).ok_or_else(|| {
-            Status::unavailable(format!(
-                "resource {} is not advertised any more",
-                self.resource
-            ))
-        })?;
+        let resource = self.advertised(&snapshot)?;
         let mut container_responses = Vec::new();
         for container in request.into_inner().container_requests {
             match allocate::container_response(
