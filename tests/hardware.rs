@@ -30,7 +30,15 @@ fn device_series(exposition: &str) -> BTreeMap<String, f64> {
 #[test]
 fn mock_reproduces_the_real_list() {
     let (code, out, err) = run_cli(&[
-        "list", "--backend", "mock", "--mock-fixture", FIXTURE, "--node-name", "vm", "--output", "json",
+        "list",
+        "--backend",
+        "mock",
+        "--mock-fixture",
+        FIXTURE,
+        "--node-name",
+        "vm",
+        "--output",
+        "json",
     ]);
     assert_eq!(code, 0, "{err}");
     let mock: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -51,8 +59,16 @@ async fn mock_reproduces_the_real_scrape_and_labels() {
     let _agent = Agent::spawn(
         dir.path(),
         &[
-            "--mock-fixture", FIXTURE, "--node-name", "vm", "--metrics-addr", &addr,
-            "--nfd-features-file", &features_arg, "--collect-interval", "200ms",
+            "--mock-fixture",
+            FIXTURE,
+            "--node-name",
+            "vm",
+            "--metrics-addr",
+            &addr,
+            "--nfd-features-file",
+            &features_arg,
+            "--collect-interval",
+            "200ms",
         ],
     );
     kubelet.next_registration().await;
@@ -61,12 +77,17 @@ async fn mock_reproduces_the_real_scrape_and_labels() {
     assert!(real.len() >= 9, "{real:?}");
     let mut mock = BTreeMap::new();
     eventually("the device series", || {
-        mock = http_get(&addr, "/metrics").map(|(_, body)| device_series(&body)).unwrap_or_default();
+        mock = http_get(&addr, "/metrics")
+            .map(|(_, body)| device_series(&body))
+            .unwrap_or_default();
         mock.len() >= real.len()
     })
     .await;
     assert_eq!(mock, real);
 
     eventually("the NFD feature file", || features.exists()).await;
-    assert_eq!(std::fs::read_to_string(&features).unwrap(), data("features"));
+    assert_eq!(
+        std::fs::read_to_string(&features).unwrap(),
+        data("features")
+    );
 }

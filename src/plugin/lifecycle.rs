@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
+use tracing::Instrument;
 
 use super::kubelet_watch::{self, KubeletState, SocketIdentity};
 use super::registration;
@@ -140,8 +141,15 @@ impl Served {
     }
 }
 
-/// Run the plugin for `resource` until `stop` turns true; then remove its socket.
-pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver<bool>) {
+/// Run the plugin for `resource` until `stop` turns true; then remove its socket. Everything it
+/// logs carries the `plugin{resource, socket}` span.
+pub async fn run(ctx: PluginContext, resource: String, stop: watch::Receiver<bool>) {
+    let socket = ctx.dir.join(names::socket_file(&resource));
+    let span = tracing::info_span!("plugin", resource = %resource, socket = %socket.display());
+    supervise(ctx, resource, stop).instrument(span).await
+}
+
+async fn supervise(ctx: PluginContext, resource: String, mut stop: watch::Receiver<bool>) {
     let endpoint = names::socket_file(&resource);
     let socket = ctx.dir.join(&endpoint);
     let kubelet_socket = ctx.dir.join(KUBELET_SOCKET);
@@ -149,9 +157,6 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
     let (dropped_tx, mut dropped_rx) = mpsc::channel::<u64>(8);
     let mut kubelet = ctx.kubelet.clone();
     let mut backoff = Backoff::new();
-    let span = tracing::info_span!("plugin", resource = %resource, socket = %socket.display());
-    let _enter = span.enter();
-    drop(_enter);
 
     loop {
         if *stop.borrow() {
@@ -165,14 +170,14 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
             Ok(s) => s,
             Err(error) => {
                 let delay = backoff.next();
-                tracing::error!(parent: &span, %error, retry_in = ?delay, "cannot serve on the plugin socket");
+                tracing::error!(%error, retry_in = ?delay, "cannot serve on the plugin socket");
                 if wait(delay, &mut stop, &mut kubelet).await {
                     break;
                 }
                 continue;
             }
         };
-        tracing::info!(parent: &span, "serving");
+        tracing::info!("serving");
 
         // Register, retrying with back-off while the kubelet is absent.
         let registered = loop {
@@ -182,14 +187,14 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
             match registration::register(&kubelet_socket, &resource, &endpoint).await {
                 Ok(()) => {
                     ctx.status.set_registered(&resource, true);
-                    tracing::info!(parent: &span, endpoint = %endpoint, attempt, "registered with the kubelet");
+                    tracing::info!(endpoint = %endpoint, attempt, "registered with the kubelet");
                     backoff.reset();
                     break Some((seen, identity));
                 }
                 Err(error) => {
                     let delay = backoff.next();
                     tracing::warn!(
-                        parent: &span,
+
                         kubelet_socket = %kubelet_socket.display(),
                         %error,
                         retry_in = ?delay,
@@ -220,7 +225,7 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
         if reason == Restart::Stop {
             break;
         }
-        tracing::warn!(parent: &span, reason = reason.as_str(), "re-serving and re-registering");
+        tracing::warn!(reason = reason.as_str(), "re-serving and re-registering");
         if reason == Restart::ServerExited && wait(backoff.next(), &mut stop, &mut kubelet).await {
             break;
         }
@@ -228,9 +233,9 @@ pub async fn run(ctx: PluginContext, resource: String, mut stop: watch::Receiver
 
     ctx.status.set_registered(&resource, false);
     match std::fs::remove_file(&socket) {
-        Ok(()) => tracing::info!(parent: &span, "stopped; socket removed"),
+        Ok(()) => tracing::info!("stopped; socket removed"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => tracing::warn!(parent: &span, %error, "stopped; could not remove socket"),
+        Err(error) => tracing::warn!(%error, "stopped; could not remove socket"),
     }
 }
 
