@@ -53,6 +53,7 @@ pub struct Handles {
 
 /// Run the agent until SIGTERM / SIGINT.
 pub async fn run(args: RunArgs) -> Result<(), Fatal> {
+    let signals = Signals::install()?;
     let config = load_config(&args.inventory)?;
     let backend = open_backend(&args.inventory, &config)?;
     let inventory = backend
@@ -199,7 +200,7 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         ));
     }
 
-    wait_for_termination(hup_tx).await?;
+    signals.wait_for_termination(hup_tx).await;
     tracing::info!("shutting down: stopping plugins and removing their sockets");
     let _ = shutdown_tx.send(true);
     drop(event_tx);
@@ -252,21 +253,36 @@ fn spawn_metrics(
     Ok(tokio::spawn(http::serve(listener, state, shutdown)))
 }
 
-/// Wait for SIGTERM or SIGINT; forward SIGHUP as a config re-read.
-async fn wait_for_termination(hup: mpsc::Sender<()>) -> Result<(), Fatal> {
-    let install = |kind: SignalKind| {
-        signal(kind).map_err(|e| Fatal::Other(format!("cannot install signal handler: {e}")))
-    };
-    let mut term = install(SignalKind::terminate())?;
-    let mut int = install(SignalKind::interrupt())?;
-    let mut hangup = install(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!(signal = "SIGTERM", "received"); return Ok(()) }
-            _ = int.recv() => { tracing::info!(signal = "SIGINT", "received"); return Ok(()) }
-            _ = hangup.recv() => {
-                tracing::info!(signal = "SIGHUP", "re-reading the config");
-                let _ = hup.try_send(());
+/// The signals the agent handles, installed before anything starts so that a SIGTERM at any
+/// moment still stops the plugins and removes their sockets.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, Fatal> {
+        let install = |kind: SignalKind| {
+            signal(kind).map_err(|e| Fatal::Other(format!("cannot install signal handler: {e}")))
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hangup: install(SignalKind::hangup())?,
+        })
+    }
+
+    /// Wait for SIGTERM or SIGINT; forward SIGHUP as a config re-read.
+    async fn wait_for_termination(mut self, hup: mpsc::Sender<()>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { tracing::info!(signal = "SIGTERM", "received"); return }
+                _ = self.int.recv() => { tracing::info!(signal = "SIGINT", "received"); return }
+                _ = self.hangup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "re-reading the config");
+                    let _ = hup.try_send(());
+                }
             }
         }
     }
