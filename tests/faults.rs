@@ -58,6 +58,9 @@ async fn allocate(
         .map(|_| ())
 }
 
+/// Something done to the config file.
+type Fault = dyn Fn(&Path);
+
 const REPLICAS_2: &str =
     "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 2}\n";
 const REPLICAS_3: &str =
@@ -98,7 +101,7 @@ async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
 
     // Each fault: the failure counter goes up, the device list stays, Allocate keeps working
     // with the replicas of the last good config.
-    let faults: [(&str, &dyn Fn(&Path)); 4] = [
+    let faults: [(&str, &Fault); 4] = [
         ("deleted", &|p| std::fs::remove_file(p).unwrap()),
         ("truncated to nothing", &|p| std::fs::write(p, "").unwrap()),
         ("truncated mid-document", &|p| {
