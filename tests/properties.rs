@@ -629,7 +629,7 @@ proptest! {
     /// What `format_duration` writes, `parse_duration` reads back: whole seconds, and whole
     /// milliseconds below a second.
     #[test]
-    fn durations_round_trip(secs in 0u64..10_000_000, millis in 1u32..1000, sub_second in any::<bool>()) {
+    fn durations_round_trip(secs in any::<u64>(), millis in 1u32..1000, sub_second in any::<bool>()) {
         let d = if sub_second { Duration::from_millis(u64::from(millis)) } else { Duration::from_secs(secs) };
         let text = format_duration(d);
         prop_assert_eq!(parse_duration(&text), Ok(d), "{}", text);
