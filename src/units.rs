@@ -40,28 +40,47 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
         if number_len == 0 {
             return Err(err(input, "expected a number before the unit"));
         }
-        let number: f64 = rest[..number_len]
-            .parse()
-            .map_err(|_| err(input, "invalid number"))?;
+        let number = &rest[..number_len];
         rest = &rest[number_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let nanos_per_unit: f64 = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+        let nanos_per_unit: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "µs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(err(input, "unknown unit (use ns, us, ms, s, m or h)")),
         };
         rest = &rest[unit_len..];
-        let nanos = number * nanos_per_unit;
-        if !nanos.is_finite() || nanos > 1e21 {
-            return Err(err(input, "duration too large"));
+        // Integer arithmetic, so that whole values stay exact at any size (f64 is off by
+        // hundreds of nanoseconds past ~100 days); a fraction is truncated to the nanosecond.
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if fraction.contains('.') || (whole.is_empty() && fraction.is_empty()) {
+            return Err(err(input, "invalid number"));
         }
-        total_nanos += nanos as u128;
+        let whole: u128 = if whole.is_empty() {
+            0
+        } else {
+            whole
+                .parse()
+                .map_err(|_| err(input, "duration too large"))?
+        };
+        let mut nanos = whole
+            .checked_mul(nanos_per_unit)
+            .ok_or_else(|| err(input, "duration too large"))?;
+        if !fraction.is_empty() {
+            let digits = fraction.len().min(18);
+            let fraction: u128 = fraction[..digits]
+                .parse()
+                .map_err(|_| err(input, "invalid number"))?;
+            nanos += fraction * nanos_per_unit / 10u128.pow(digits as u32);
+        }
+        total_nanos = total_nanos
+            .checked_add(nanos)
+            .ok_or_else(|| err(input, "duration too large"))?;
     }
     let secs =
         u64::try_from(total_nanos / 1_000_000_000).map_err(|_| err(input, "duration too large"))?;
@@ -176,6 +195,20 @@ mod tests {
         assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("2us").unwrap(), Duration::from_micros(2));
         for bad in ["", "10", "s", "-1s", "10x", "1..2s", "ms10"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
+        }
+        // Found by fuzzing: whole values far past 2^53 ns were off by some nanoseconds.
+        assert_eq!(
+            parse_duration("550505505555s").unwrap(),
+            Duration::from_secs(550_505_505_555)
+        );
+        assert_eq!(
+            parse_duration("1000000h").unwrap(),
+            Duration::from_secs(3_600_000_000)
+        );
+        assert_eq!(parse_duration(".5s").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.s").unwrap(), Duration::from_secs(1));
+        for bad in [".s", "99999999999999999999999999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
         }
         for d in ["0s", "250ms", "1m30s", "2h", "1h0m5s"] {

@@ -167,7 +167,8 @@ impl Plugin {
                 let status = result.expect_err("an unhealthy device was allocated");
                 assert_eq!(status.code(), tonic::Code::InvalidArgument, "{id}");
                 assert!(
-                    status.message().contains("unhealthy"),
+                    status.message().contains("unhealthy")
+                        && status.message().contains(id.as_str()),
                     "{}",
                     status.message()
                 );

@@ -136,6 +136,14 @@ async fn sigterm_removes_the_socket_and_exits_zero() {
     assert!(socket.exists());
 
     agent.signal(libc::SIGTERM);
+    // The open stream ends cleanly (status OK, no more messages), not with a broken connection.
+    let end = tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("the ListAndWatch stream stayed open after SIGTERM");
+    assert!(
+        matches!(end, Ok(None)),
+        "the stream did not end cleanly: {end:?}"
+    );
     let status = agent
         .wait_exit(WAIT)
         .expect("agent did not exit after SIGTERM");

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod plugin;
+
 use gpu_agent::proto::podresources_v1::{
     ContainerDevices, ContainerResources, ListPodResourcesResponse, PodResources,
 };

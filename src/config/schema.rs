@@ -174,7 +174,11 @@ fn check_map(
             .as_str()
             .and_then(|k| fields.iter().find(|f| f.name == k));
         let Some(field) = known else {
-            let shown = key.as_str().map_or_else(|| short(&key), str::to_string);
+            // An empty key (`"": 1`, `!!str : 1`) is shown quoted, so that the path still says something.
+            let shown = key
+                .as_str()
+                .filter(|k| !k.is_empty())
+                .map_or_else(|| short(&key), str::to_string);
             let expected: Vec<&str> = fields.iter().map(|f| f.name).collect();
             errors.push(ConfigError::new(
                 join(path, &shown),

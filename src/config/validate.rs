@@ -641,6 +641,16 @@ sharing:
     }
 
     #[test]
+    fn an_empty_key_is_named_quoted() {
+        // Found by tests/properties.rs: an empty key used to give an error with an empty path.
+        assert_eq!(
+            errors("!!str : 1"),
+            ["\"\": unknown field, expected one of version, flags, resources, sharing, imex, health, strategy"]
+        );
+        assert!(errors("flags: {\"\": 1}")[0].starts_with("flags.\"\": unknown field"));
+    }
+
+    #[test]
     fn all_errors_at_once() {
         let text = r#"
 version: v2

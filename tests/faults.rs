@@ -1,0 +1,296 @@
+//! Failures the agent survives, against the real binary through a test kubelet: its config file
+//! deleted, truncated and replaced with garbage while it runs, and a GPU lost while Allocate
+//! calls are in flight.
+//!
+//! Other faults have their tests next to the feature they exercise: 100 kubelet restarts
+//! (`restarts.rs`), a kubelet absent at start (`kubelet.rs`, `waits_for_a_kubelet_that_starts_later`),
+//! SIGTERM during an open ListAndWatch (`kubelet.rs`, `sigterm_removes_the_socket_and_exits_zero`),
+//! no pod-resources socket (`metrics.rs`, `scrape_reports_the_fixture_and_follows_its_edits`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use gpu_agent::proto::v1beta1::{
+    device_plugin_client::DevicePluginClient, AllocateRequest, ContainerAllocateRequest,
+    ContainerPreferredAllocationRequest, ListAndWatchResponse, PreferredAllocationRequest,
+};
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+/// The value of the unlabelled counter `name` in a scrape of `addr` (None: no answer or absent).
+fn counter(addr: &str, name: &str) -> Option<f64> {
+    let (status, body) = http_get(addr, "/metrics")?;
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The stream sends nothing for `window`: the device list did not change.
+async fn assert_quiet(stream: &mut Streaming<ListAndWatchResponse>, window: Duration, what: &str) {
+    match tokio::time::timeout(window, stream.message()).await {
+        Err(_) => {}
+        Ok(Ok(Some(m))) => panic!(
+            "{what}: the device list changed to {} devices",
+            m.devices.len()
+        ),
+        Ok(other) => panic!("{what}: the ListAndWatch stream ended: {other:?}"),
+    }
+}
+
+async fn allocate(
+    plugin: &mut DevicePluginClient<Channel>,
+    ids: &[&str],
+) -> Result<(), tonic::Status> {
+    plugin
+        .allocate(AllocateRequest {
+            container_requests: vec![ContainerAllocateRequest {
+                devices_ids: ids.iter().map(|s| s.to_string()).collect(),
+            }],
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Something done to the config file.
+type Fault = dyn Fn(&Path);
+
+const REPLICAS_2: &str =
+    "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 2}\n";
+const REPLICAS_3: &str =
+    "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 3}\n";
+
+#[tokio::test]
+async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, REPLICAS_2).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let agent = Agent::spawn(
+        dir.path(),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics-addr",
+            &addr,
+        ],
+    );
+    let reg = kubelet.next_registration().await;
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+    let mut stream = list_and_watch(&mut plugin).await;
+    let ids: Vec<String> = next_list(&mut stream)
+        .await
+        .devices
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids.len(), 16, "8 GPUs x 2 replicas");
+    assert!(ids[0].ends_with("::0"), "{ids:?}");
+
+    let failures = |addr: &str| counter(addr, "gpu_agent_config_reload_failures_total");
+    eventually("the metrics endpoint", || failures(&addr).is_some()).await;
+    let mut seen = failures(&addr).unwrap();
+    assert_eq!(seen, 0.0);
+
+    // Each fault: the failure counter goes up, the device list stays, Allocate keeps working
+    // with the replicas of the last good config.
+    let faults: [(&str, &Fault); 4] = [
+        ("deleted", &|p| std::fs::remove_file(p).unwrap()),
+        ("truncated to nothing", &|p| std::fs::write(p, "").unwrap()),
+        ("truncated mid-document", &|p| {
+            std::fs::write(p, &REPLICAS_3[..REPLICAS_3.len() - 20]).unwrap()
+        }),
+        ("replaced with garbage", &|p| {
+            std::fs::write(p, b"\xff\xfe\x00garbage: [{{ ::\n\t- \x07").unwrap()
+        }),
+    ];
+    for (what, fault) in faults {
+        fault(&config);
+        eventually(
+            &format!("the failure counter to count the config {what}"),
+            || failures(&addr).is_some_and(|n| n > seen),
+        )
+        .await;
+        seen = failures(&addr).unwrap();
+        assert_quiet(&mut stream, Duration::from_millis(700), what).await;
+        allocate(&mut plugin, &[&ids[0], &ids[1]])
+            .await
+            .unwrap_or_else(|s| panic!("Allocate after the config was {what}: {s}"));
+    }
+    assert!(seen >= 4.0, "{seen}");
+    let logs = agent.logs();
+    assert!(logs.contains("config file unreadable"), "{logs}");
+    assert!(logs.contains("invalid config rejected"), "{logs}");
+
+    // A good config afterwards is applied on the same stream: the watcher survived it all.
+    let reloads = counter(&addr, "gpu_agent_config_reloads_total").unwrap();
+    replace_file(&config, REPLICAS_3);
+    assert_eq!(next_list(&mut stream).await.devices.len(), 24);
+    eventually("the reload counter", || {
+        counter(&addr, "gpu_agent_config_reloads_total").is_some_and(|n| n > reloads)
+    })
+    .await;
+    assert_eq!(failures(&addr), Some(seen));
+}
+
+fn four_gpus(lost: Option<usize>) -> String {
+    let mut text = String::from("node: faults\ngpus:\n");
+    for i in 0..4 {
+        text += &format!(
+            "  - {{model: NVIDIA H100 80GB HBM3, numaNode: 0, lost: {}}}\n",
+            lost == Some(i)
+        );
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_gpu_lost_during_allocations_is_refused_by_id_and_the_rest_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("fixture.yaml");
+    std::fs::write(&fixture, four_gpus(None)).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n",
+    )
+    .unwrap();
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(
+        dir.path(),
+        &[
+            "--mock-fixture",
+            fixture.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let reg = kubelet.next_registration().await;
+    let mut plugin = kubelet.plugin(&reg.endpoint).await;
+    let mut stream = list_and_watch(&mut plugin).await;
+    let ids: Vec<String> = next_list(&mut stream)
+        .await
+        .devices
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids.len(), 16);
+    let lost_gpu = gpu_agent::gpu::fixture::parse(&four_gpus(None))
+        .unwrap()
+        .inventory
+        .gpus[2]
+        .uuid
+        .clone();
+    let on_lost: BTreeSet<String> = ids
+        .iter()
+        .filter(|id| id.starts_with(&lost_gpu))
+        .cloned()
+        .collect();
+    assert_eq!(on_lost.len(), 4, "{ids:?}");
+
+    // Allocations in flight on their own connection while the GPU is lost: each one either
+    // succeeds or is refused with InvalidArgument naming a replica of the lost GPU.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut busy = kubelet.plugin(&reg.endpoint).await;
+    let all = ids.clone();
+    let lost_ids = on_lost.clone();
+    let allocator = tokio::spawn(async move {
+        let (mut ok, mut refused, mut i) = (0u32, 0u32, 0usize);
+        while !*stop_rx.borrow_and_update() {
+            // One, then two devices per request, walking every replica.
+            let request: Vec<&str> = (0..1 + i % 2)
+                .map(|k| all[(i + k) % all.len()].as_str())
+                .collect();
+            i += 1;
+            match allocate(&mut busy, &request).await {
+                Ok(()) => ok += 1,
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+                    let named = request
+                        .iter()
+                        .find(|id| status.message().contains(&format!("{id:?}")))
+                        .unwrap_or_else(|| {
+                            panic!(
+                                "{request:?} refused without naming one: {}",
+                                status.message()
+                            )
+                        });
+                    assert!(
+                        lost_ids.contains(*named),
+                        "refused a healthy device: {}",
+                        status.message()
+                    );
+                    refused += 1;
+                }
+            }
+        }
+        (ok, refused)
+    });
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    replace_file(&fixture, &four_gpus(Some(2)));
+    let update = next_list(&mut stream).await;
+    let unhealthy: BTreeSet<String> = update
+        .devices
+        .iter()
+        .filter(|d| d.health != "Healthy")
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(unhealthy, on_lost);
+    // Let the allocator run past the change for a while, then stop it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_tx.send(true).unwrap();
+    let (ok, refused) = allocator.await.expect("allocator task");
+    assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
+
+    // Now, one by one: the lost GPU's replicas are refused naming the ID, the others work.
+    for id in &ids {
+        let result = allocate(&mut plugin, &[id]).await;
+        if on_lost.contains(id) {
+            let status = result.expect_err("a replica of the lost GPU was allocated");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().contains(id.as_str()),
+                "{}",
+                status.message()
+            );
+        } else {
+            result.unwrap_or_else(|s| panic!("healthy {id} refused: {s}"));
+        }
+    }
+    // A request mixing a healthy replica with a lost one names the lost one.
+    let lost_one = on_lost.iter().next().unwrap();
+    let status = allocate(&mut plugin, &[&ids[0], lost_one])
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains(lost_one.as_str()),
+        "{}",
+        status.message()
+    );
+
+    // Preferred allocation still answers, even when the kubelet still offers the lost replicas
+    // (its own view may lag), and never picks them.
+    let preferred = plugin
+        .get_preferred_allocation(PreferredAllocationRequest {
+            container_requests: vec![ContainerPreferredAllocationRequest {
+                available_device_i_ds: ids.clone(),
+                must_include_device_i_ds: Vec::new(),
+                allocation_size: 4,
+            }],
+        })
+        .await
+        .expect("GetPreferredAllocation with a GPU lost")
+        .into_inner();
+    let chosen = &preferred.container_responses[0].device_i_ds;
+    assert_eq!(chosen.len(), 4, "{chosen:?}");
+    assert!(chosen.iter().all(|id| !on_lost.contains(id)), "{chosen:?}");
+}
