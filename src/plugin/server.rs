@@ -19,7 +19,7 @@ use crate::proto::v1beta1::{
     NumaNode, PreStartContainerRequest, PreStartContainerResponse, PreferredAllocationRequest,
     PreferredAllocationResponse, TopologyInfo,
 };
-use crate::resources::Resource;
+use crate::resources::{Health, Resource};
 use crate::snapshot::Snapshot;
 
 /// Options sent at registration and by GetDevicePluginOptions.
@@ -128,7 +128,10 @@ impl DevicePlugin for PluginService {
         tracing::info!(resource = %resource, generation, "ListAndWatch stream opened");
         tokio::spawn(async move {
             snapshots.mark_changed();
-            let mut last_sent: Option<Vec<v1beta1::Device>> = None;
+            // The resource as last sent: compared before any message is built, so a snapshot
+            // change that leaves this resource alone (another resource's health, a config change
+            // elsewhere) costs a comparison, not a rebuilt and re-encoded list.
+            let mut last_sent: Option<Arc<Snapshot>> = None;
             let dropped_by_kubelet = loop {
                 tokio::select! {
                     biased;
@@ -138,20 +141,21 @@ impl DevicePlugin for PluginService {
                         if changed.is_err() {
                             break false;
                         }
-                        let devices = {
-                            let snapshot = snapshots.borrow_and_update();
-                            device_list(snapshot.resources.get(&resource))
-                        };
-                        if last_sent.as_ref() == Some(&devices) {
+                        let snapshot = snapshots.borrow_and_update().clone();
+                        let current = snapshot.resources.get(&resource);
+                        let unchanged = last_sent.as_ref().is_some_and(|last| {
+                            last.resources.get(&resource).map(|r| &r.devices) == current.map(|r| &r.devices)
+                        });
+                        if unchanged {
                             continue;
                         }
-                        let unhealthy = devices.iter().filter(|d| d.health != v1beta1::HEALTHY).count();
+                        let devices = device_list(current);
+                        let unhealthy = current.map_or(0, |r| r.count(Health::Unhealthy));
                         tracing::info!(resource = %resource, generation, devices = devices.len(), unhealthy, "ListAndWatch: sending the device list");
-                        let response = ListAndWatchResponse { devices: devices.clone() };
-                        if tx.send(Ok(response)).await.is_err() {
+                        if tx.send(Ok(ListAndWatchResponse { devices })).await.is_err() {
                             break true;
                         }
-                        last_sent = Some(devices);
+                        last_sent = Some(snapshot);
                     }
                 }
             };
