@@ -78,12 +78,4 @@ impl StatusBoard {
     pub fn snapshot(&self) -> BTreeMap<String, PluginStatus> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
-
-    /// Every active plugin is registered with an open stream (true when there are none).
-    pub fn all_ready(&self) -> bool {
-        self.snapshot()
-            .values()
-            .filter(|s| s.active)
-            .all(PluginStatus::ready)
-    }
 }
