@@ -15,12 +15,17 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// What is known about the kubelet's registration socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct KubeletState {
-    /// `kubelet.sock` exists.
-    pub present: bool,
     /// Bumped every time a new `kubelet.sock` appears (a kubelet start).
     pub generation: u64,
     /// Identity of the socket last seen; `None` while it is absent.
     pub identity: Option<SocketIdentity>,
+}
+
+impl KubeletState {
+    /// `kubelet.sock` exists.
+    pub fn present(&self) -> bool {
+        self.identity.is_some()
+    }
 }
 
 /// Which file a path names right now: (device, inode, change time s, change time ns). A kubelet
@@ -37,7 +42,6 @@ pub fn identity(path: &Path) -> Option<SocketIdentity> {
 pub fn spawn(socket: PathBuf) -> watch::Receiver<KubeletState> {
     let mut last = identity(&socket);
     let initial = KubeletState {
-        present: last.is_some(),
         generation: u64::from(last.is_some()),
         identity: last,
     };
@@ -57,17 +61,13 @@ pub fn spawn(socket: PathBuf) -> watch::Receiver<KubeletState> {
             match now {
                 Some(_) => {
                     tx.send_modify(|s| {
-                        s.present = true;
                         s.generation += 1;
                         s.identity = now;
                     });
                     tracing::info!(socket = %socket.display(), generation = tx.borrow().generation, "kubelet socket (re)created");
                 }
                 None => {
-                    tx.send_modify(|s| {
-                        s.present = false;
-                        s.identity = None;
-                    });
+                    tx.send_modify(|s| s.identity = None);
                     tracing::warn!(socket = %socket.display(), "kubelet socket gone; waiting for the kubelet to come back");
                 }
             }

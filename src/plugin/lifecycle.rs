@@ -249,7 +249,7 @@ async fn wait(
     tokio::select! {
         _ = crate::sync::until_true(stop) => true,
         _ = tokio::time::sleep(delay) => false,
-        _ = crate::sync::until(kubelet, |k| k.present && k.generation != seen) => false,
+        _ = crate::sync::until(kubelet, |k| k.present() && k.generation != seen) => false,
     }
 }
 
@@ -283,7 +283,6 @@ mod tests {
 
     fn state(generation: u64, identity: Option<SocketIdentity>) -> KubeletState {
         KubeletState {
-            present: identity.is_some(),
             generation,
             identity,
         }
