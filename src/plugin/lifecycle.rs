@@ -170,7 +170,11 @@ async fn supervise(ctx: PluginContext, resource: String, mut stop: watch::Receiv
             Ok(s) => s,
             Err(error) => {
                 let delay = backoff.next();
-                tracing::error!(%error, retry_in = ?delay, "cannot serve on the plugin socket");
+                tracing::error!(
+                    %error,
+                    retry_in = ?delay,
+                    "cannot serve on the plugin socket; check that --device-plugin-dir exists and is writable by the agent (in the DaemonSet: the hostPath mount of /var/lib/kubelet/device-plugins)"
+                );
                 if wait(delay, &mut stop, &mut kubelet).await {
                     break;
                 }
@@ -194,7 +198,6 @@ async fn supervise(ctx: PluginContext, resource: String, mut stop: watch::Receiv
                 Err(error) => {
                     let delay = backoff.next();
                     tracing::warn!(
-
                         kubelet_socket = %kubelet_socket.display(),
                         %error,
                         retry_in = ?delay,
