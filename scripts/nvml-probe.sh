@@ -2,11 +2,12 @@
 # Issue 9: run gpu-agent on the REAL NVML backend and save what it sees, next to what nvidia-smi
 # says, under $OUT. Read-only: it never changes MIG mode or any GPU setting.
 #
-# Prepared to run as one short call on the lent GPU machine, with release builds carried from a
-# x86-64 machine:
-#   cargo build --release --locked && cargo build --release --example test_kubelet
-#   mkdir -p carry && cp target/release/gpu-agent target/release/examples/test_kubelet carry/
-#   device run: OUT=$OUT bash scripts/nvml-probe.sh carry   (carry: ["carry"])
+# One short call on a GPU machine, with release builds carried from an x86-64 machine (this is how
+# tests/data/h200 was recorded):
+#   cargo build --release --locked --bin gpu-agent --example test_kubelet
+#   mkdir -p probe-bin && cp target/release/gpu-agent target/release/examples/test_kubelet probe-bin/
+#   echo /probe-bin/ >> .git/info/exclude
+#   on the GPU machine: OUT=<dir> bash scripts/nvml-probe.sh probe-bin
 set -uo pipefail
 bin="${1:-target/release}"
 out="${OUT:-/tmp/nvml-probe}"
