@@ -20,11 +20,10 @@ use tokio::sync::watch;
 
 use crate::config::MigStrategy;
 use crate::gpu::{mig_profiles, Gpu};
+use crate::resources::names::GPU;
 use crate::resources::Strategy;
 use crate::snapshot::Snapshot;
 
-/// The whole-GPU resource GFD's `nvidia.com/gpu.*` labels describe.
-const GPU: &str = "nvidia.com/gpu";
 /// Wait before retrying a failed write.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
