@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::config::MigStrategy;
 use crate::gpu::{mig_profiles, Gpu};
-use crate::resources::names::GPU;
+use crate::resources::names::{self, GPU};
 use crate::resources::Strategy;
 use crate::snapshot::Snapshot;
 
@@ -212,7 +212,7 @@ pub fn node_labels(snapshot: &Snapshot) -> BTreeMap<String, String> {
         }
         MigStrategy::Mixed => {
             for (profile, (parent, memory, count)) in &profiles {
-                let resource = format!("nvidia.com/mig-{profile}");
+                let resource = names::mig_resource(profile);
                 let mut name = vec![*parent, "MIG", profile];
                 if resources
                     .get(&resource)
