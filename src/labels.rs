@@ -110,17 +110,20 @@ pub fn node_labels(snapshot: &Snapshot) -> BTreeMap<String, String> {
     if shared {
         name.push("SHARED");
     }
-    let time_sliced_replicas = config
-        .time_slicing
-        .resources
-        .iter()
-        .find(|r| r.name == GPU)
-        .map(|r| r.replicas);
+    // Replicas of a resource's time-slicing entry, if it has one.
+    let time_sliced = |resource: &str| {
+        config
+            .time_slicing
+            .resources
+            .iter()
+            .find(|r| r.name == resource)
+            .map(|r| r.replicas)
+    };
     let full = gpus.iter().find(|g| !g.mig_enabled);
     let replicas = match full {
         // Only MIG-enabled GPUs: GFD labels them without sharing.
         None => 0,
-        Some(gpu) => time_sliced_replicas
+        Some(gpu) => time_sliced(GPU)
             .or_else(|| {
                 config
                     .vgpu
@@ -172,14 +175,7 @@ pub fn node_labels(snapshot: &Snapshot) -> BTreeMap<String, String> {
             entry.2 += 1;
         }
     }
-    let replicas_of = |resource: &str| {
-        config
-            .time_slicing
-            .resources
-            .iter()
-            .find(|r| r.name == resource)
-            .map_or(1, |r| r.replicas)
-    };
+    let replicas_of = |resource: &str| time_sliced(resource).unwrap_or(1);
     match config.mig_strategy {
         MigStrategy::None => {}
         MigStrategy::Single => {
