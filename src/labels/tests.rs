@@ -215,11 +215,11 @@ fn render_is_sorted_key_value_lines() {
 }
 
 #[test]
-fn write_atomic_replaces_the_file_and_leaves_no_temp() {
+fn write_atomically_replaces_the_file_and_leaves_no_temp() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("features.d").join("gpu-agent");
-    write_atomic(&path, "a=1\n").unwrap();
-    write_atomic(&path, "a=2\n").unwrap();
+    write_atomically(&path, b"a=1\n").unwrap();
+    write_atomically(&path, b"a=2\n").unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "a=2\n");
     let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()
