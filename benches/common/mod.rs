@@ -79,3 +79,21 @@ pub fn replica_ids() -> Vec<String> {
         .map(|d| d.id.clone())
         .collect()
 }
+
+/// False when this bench was not asked for: `cargo bench` passes `--bench` (and criterion's own
+/// `--` options) to every bench, plus the filter, if any, that picks the bench to run.
+pub fn selected(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+/// A count from the environment variable `name`, else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
