@@ -59,18 +59,7 @@ pub fn pods(replica_ids: &[String]) -> ListPodResourcesResponse {
 
 /// The advertised replica IDs of the MIG resource, as the agent builds them from the fixture.
 pub fn replica_ids() -> Vec<String> {
-    use gpu_agent::gpu::GpuBackend;
-    use std::sync::Arc;
-    let backend = gpu_agent::gpu::mock::MockBackend::from_text(&fixture()).expect("fixture");
-    let inventory = backend.inventory().expect("inventory");
-    let config = gpu_agent::config::parse(CONFIG).expect("config");
-    let snapshot = gpu_agent::snapshot::Snapshot::build(
-        Arc::new(inventory),
-        Arc::new(config),
-        Arc::new(gpu_agent::health::HealthState::default()),
-    )
-    .expect("snapshot");
-    snapshot
+    plugin::snapshot(&fixture(), CONFIG)
         .resources
         .get(RESOURCE)
         .expect("MIG resource")
