@@ -33,6 +33,7 @@ use gpu_agent::health::watcher::{self, XidCounts};
 use gpu_agent::health::{HealthPolicy, HealthState, HealthTracker};
 use gpu_agent::plugin::{kubelet_watch, manager, PluginContext, StatusBoard};
 use gpu_agent::proto::v1beta1::ListAndWatchResponse;
+use gpu_agent::resources::ids;
 use gpu_agent::snapshot::Snapshot;
 use tokio::sync::watch;
 use tonic::Streaming;
@@ -148,7 +149,7 @@ fn unhealthy_gpus(message: &ListAndWatchResponse) -> BTreeSet<String> {
         .devices
         .iter()
         .filter(|d| d.health != "Healthy")
-        .map(|d| d.id.split("::").next().unwrap_or(&d.id).to_string())
+        .map(|d| ids::base(&d.id).to_string())
         .collect()
 }
 
@@ -267,17 +268,17 @@ fn xid(gpu: &str, xid: u64) -> HealthEvent {
     }
 }
 
-/// `total` XIDs in rounds: `per_round - 1` ignored ones spread over every GPU, then a critical
-/// one on the next GPU, timed until it is published and until the kubelet sees it; then wait for
-/// the recovery (recoverAfter 20 ms) so that the next round starts healthy.
+/// `sizes.xids` XIDs in rounds: `sizes.per_round - 1` ignored ones spread over every GPU, then a
+/// critical one on the next GPU, timed until it is published and until the kubelet sees it; then
+/// wait for the recovery (recoverAfter 20 ms) so that the next round starts healthy.
 async fn rounds(
     p: &mut Pipeline,
-    total: usize,
-    per_round: usize,
+    sizes: Sizes,
     to_state: &mut Latencies,
     to_stream: &mut Latencies,
 ) -> Result<()> {
-    for round in 0..total / per_round {
+    let per_round = sizes.per_round;
+    for round in 0..sizes.xids / per_round {
         for i in 0..per_round - 1 {
             let gpu = &p.uuids[(round + i) % GPUS];
             p.events.send(xid(gpu, IGNORED[i % IGNORED.len()]))?;
@@ -305,24 +306,10 @@ async fn in_process(sizes: Sizes) -> Result<()> {
     let mut to_state = Latencies::default();
     let mut to_stream = Latencies::default();
     let started = Instant::now();
-    rounds(
-        &mut p,
-        sizes.xids,
-        sizes.per_round,
-        &mut to_state,
-        &mut to_stream,
-    )
-    .await?;
+    rounds(&mut p, sizes, &mut to_state, &mut to_stream).await?;
     let first = started.elapsed();
     let rss_first = rss_kib(None)?;
-    rounds(
-        &mut p,
-        sizes.xids,
-        sizes.per_round,
-        &mut to_state,
-        &mut to_stream,
-    )
-    .await?;
+    rounds(&mut p, sizes, &mut to_state, &mut to_stream).await?;
     let rss_second = rss_kib(None)?;
 
     // Flood: everything at once, then one critical XID behind it.
