@@ -19,12 +19,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use common::{list_and_watch, Agent, TestKubelet};
+use common::{list_and_watch, replace_file, Agent, TestKubelet};
 use gpu_agent::agent::assemble;
 use gpu_agent::agent::AgentStats;
 use gpu_agent::gpu::{GpuBackend, HealthEvent};
@@ -350,13 +349,6 @@ async fn in_process(sizes: Sizes) -> Result<()> {
 // Part 2: end to end
 // ---------------------------------------------------------------------------------------------
 
-fn write_atomically(path: &Path, text: &str) -> Result<Instant> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(Instant::now())
-}
-
 /// One storm write: every GPU's `xids` list replaced by `per_gpu` ignored XIDs (starting with
 /// a different XID than the previous write, so the whole list is new to the agent), plus one
 /// critical XID at the end of `critical_gpu`'s list. The fixture keeps its size, so what the
@@ -383,7 +375,7 @@ async fn end_to_end(sizes: Sizes) -> Result<()> {
     let config = dir.path().join("config.yaml");
     let text = fixture_text(&vec![Vec::new(); GPUS]);
     let uuids = uuids(&text)?;
-    write_atomically(&fixture, &text)?;
+    replace_file(&fixture, &text);
     std::fs::write(&config, "version: v1\nhealth: {recoverAfter: 300ms}\n")?;
 
     let mut kubelet = TestKubelet::start(dir.path()).await;
@@ -410,7 +402,8 @@ async fn end_to_end(sizes: Sizes) -> Result<()> {
     for round in 0..2 * writes {
         let gpu = round % GPUS;
         let lists = storm_lists(round, per_gpu, gpu);
-        let written = write_atomically(&fixture, &fixture_text(&lists))?;
+        replace_file(&fixture, &fixture_text(&lists));
+        let written = Instant::now();
         until_unhealthy(&mut stream, &one(&uuids[gpu])).await?;
         latency.push(written.elapsed());
         until_unhealthy(&mut stream, &BTreeSet::new()).await?;
@@ -422,14 +415,15 @@ async fn end_to_end(sizes: Sizes) -> Result<()> {
 
     // History: the lists grow instead (appended XIDs), one write of `sizes.xids` more.
     let mut lists = storm_lists(2 * writes, per_gpu, usize::MAX);
-    write_atomically(&fixture, &fixture_text(&lists))?;
+    replace_file(&fixture, &fixture_text(&lists));
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..sizes.xids {
         lists[i % GPUS].push(IGNORED[i % IGNORED.len()]);
     }
     lists[5].push(CRITICAL);
     let text = fixture_text(&lists);
-    let written = write_atomically(&fixture, &text)?;
+    replace_file(&fixture, &text);
+    let written = Instant::now();
     until_unhealthy(&mut stream, &one(&uuids[5])).await?;
     let bulk = written.elapsed();
     let rss_bulk = rss_kib(Some(pid))?;
