@@ -22,7 +22,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::plugin::{micros, percentiles, snapshot, InProcessPlugin};
+use common::plugin::{micros, percentiles, runtimes, snapshot, InProcessPlugin};
 use criterion::{BenchmarkId, Criterion};
 use gpu_agent::gpu::fixture::DEFAULT_FIXTURE;
 use gpu_agent::proto::v1beta1::{AllocateRequest, ContainerAllocateRequest, Empty};
@@ -51,30 +51,13 @@ struct Case {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter that names another bench means we are not wanted.
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    if !filters.is_empty() && !filters.iter().any(|f| "allocate".contains(f.as_str())) {
+    if !common::selected("allocate") {
         return;
     }
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5000);
+    let rounds = common::env_count("ROUNDS", 5000);
 
-    // The agent's runtime: two workers (`gpu-agent run`); the client on its own thread, as the
-    // kubelet is another process.
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("server runtime");
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    // The agent's runtime: two workers (`gpu-agent run`); the client on its own thread.
+    let (server, client) = runtimes(2);
 
     let mut plugins = Vec::new();
     let mut cases = Vec::new();

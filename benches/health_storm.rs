@@ -19,12 +19,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use common::{list_and_watch, Agent, TestKubelet};
+use common::{list_and_watch, replace_file, Agent, TestKubelet};
 use gpu_agent::agent::assemble;
 use gpu_agent::agent::AgentStats;
 use gpu_agent::gpu::{GpuBackend, HealthEvent};
@@ -33,6 +32,7 @@ use gpu_agent::health::watcher::{self, XidCounts};
 use gpu_agent::health::{HealthPolicy, HealthState, HealthTracker};
 use gpu_agent::plugin::{kubelet_watch, manager, PluginContext, StatusBoard};
 use gpu_agent::proto::v1beta1::ListAndWatchResponse;
+use gpu_agent::resources::ids;
 use gpu_agent::snapshot::Snapshot;
 use tokio::sync::watch;
 use tonic::Streaming;
@@ -148,7 +148,7 @@ fn unhealthy_gpus(message: &ListAndWatchResponse) -> BTreeSet<String> {
         .devices
         .iter()
         .filter(|d| d.health != "Healthy")
-        .map(|d| d.id.split("::").next().unwrap_or(&d.id).to_string())
+        .map(|d| ids::base(&d.id).to_string())
         .collect()
 }
 
@@ -267,17 +267,17 @@ fn xid(gpu: &str, xid: u64) -> HealthEvent {
     }
 }
 
-/// `total` XIDs in rounds: `per_round - 1` ignored ones spread over every GPU, then a critical
-/// one on the next GPU, timed until it is published and until the kubelet sees it; then wait for
-/// the recovery (recoverAfter 20 ms) so that the next round starts healthy.
+/// `sizes.xids` XIDs in rounds: `sizes.per_round - 1` ignored ones spread over every GPU, then a
+/// critical one on the next GPU, timed until it is published and until the kubelet sees it; then
+/// wait for the recovery (recoverAfter 20 ms) so that the next round starts healthy.
 async fn rounds(
     p: &mut Pipeline,
-    total: usize,
-    per_round: usize,
+    sizes: Sizes,
     to_state: &mut Latencies,
     to_stream: &mut Latencies,
 ) -> Result<()> {
-    for round in 0..total / per_round {
+    let per_round = sizes.per_round;
+    for round in 0..sizes.xids / per_round {
         for i in 0..per_round - 1 {
             let gpu = &p.uuids[(round + i) % GPUS];
             p.events.send(xid(gpu, IGNORED[i % IGNORED.len()]))?;
@@ -305,24 +305,10 @@ async fn in_process(sizes: Sizes) -> Result<()> {
     let mut to_state = Latencies::default();
     let mut to_stream = Latencies::default();
     let started = Instant::now();
-    rounds(
-        &mut p,
-        sizes.xids,
-        sizes.per_round,
-        &mut to_state,
-        &mut to_stream,
-    )
-    .await?;
+    rounds(&mut p, sizes, &mut to_state, &mut to_stream).await?;
     let first = started.elapsed();
     let rss_first = rss_kib(None)?;
-    rounds(
-        &mut p,
-        sizes.xids,
-        sizes.per_round,
-        &mut to_state,
-        &mut to_stream,
-    )
-    .await?;
+    rounds(&mut p, sizes, &mut to_state, &mut to_stream).await?;
     let rss_second = rss_kib(None)?;
 
     // Flood: everything at once, then one critical XID behind it.
@@ -363,13 +349,6 @@ async fn in_process(sizes: Sizes) -> Result<()> {
 // Part 2: end to end
 // ---------------------------------------------------------------------------------------------
 
-fn write_atomically(path: &Path, text: &str) -> Result<Instant> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(Instant::now())
-}
-
 /// One storm write: every GPU's `xids` list replaced by `per_gpu` ignored XIDs (starting with
 /// a different XID than the previous write, so the whole list is new to the agent), plus one
 /// critical XID at the end of `critical_gpu`'s list. The fixture keeps its size, so what the
@@ -396,7 +375,7 @@ async fn end_to_end(sizes: Sizes) -> Result<()> {
     let config = dir.path().join("config.yaml");
     let text = fixture_text(&vec![Vec::new(); GPUS]);
     let uuids = uuids(&text)?;
-    write_atomically(&fixture, &text)?;
+    replace_file(&fixture, &text);
     std::fs::write(&config, "version: v1\nhealth: {recoverAfter: 300ms}\n")?;
 
     let mut kubelet = TestKubelet::start(dir.path()).await;
@@ -423,7 +402,8 @@ async fn end_to_end(sizes: Sizes) -> Result<()> {
     for round in 0..2 * writes {
         let gpu = round % GPUS;
         let lists = storm_lists(round, per_gpu, gpu);
-        let written = write_atomically(&fixture, &fixture_text(&lists))?;
+        replace_file(&fixture, &fixture_text(&lists));
+        let written = Instant::now();
         until_unhealthy(&mut stream, &one(&uuids[gpu])).await?;
         latency.push(written.elapsed());
         until_unhealthy(&mut stream, &BTreeSet::new()).await?;
@@ -435,14 +415,15 @@ async fn end_to_end(sizes: Sizes) -> Result<()> {
 
     // History: the lists grow instead (appended XIDs), one write of `sizes.xids` more.
     let mut lists = storm_lists(2 * writes, per_gpu, usize::MAX);
-    write_atomically(&fixture, &fixture_text(&lists))?;
+    replace_file(&fixture, &fixture_text(&lists));
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..sizes.xids {
         lists[i % GPUS].push(IGNORED[i % IGNORED.len()]);
     }
     lists[5].push(CRITICAL);
     let text = fixture_text(&lists);
-    let written = write_atomically(&fixture, &text)?;
+    replace_file(&fixture, &text);
+    let written = Instant::now();
     until_unhealthy(&mut stream, &one(&uuids[5])).await?;
     let bulk = written.elapsed();
     let rss_bulk = rss_kib(Some(pid))?;

@@ -23,7 +23,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use common::plugin::{micros, percentiles, snapshot, InProcessPlugin};
+use common::plugin::{micros, percentiles, runtimes, snapshot, InProcessPlugin};
 use criterion::Criterion;
 use gpu_agent::plugin::server::device_list;
 use gpu_agent::proto::v1beta1::{Empty, ListAndWatchResponse};
@@ -60,21 +60,10 @@ fn first_message(snapshot: &Snapshot, resource: &str) -> Vec<u8> {
 }
 
 fn main() {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    if !filters.is_empty()
-        && !filters
-            .iter()
-            .any(|f| "list_and_watch".contains(f.as_str()))
-    {
+    if !common::selected("list_and_watch") {
         return;
     }
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+    let runs = common::env_count("RUNS", 2000);
     let snapshot = snapshot(&fixture(), CONFIG);
     let gpu_devices = snapshot.resources.get(GPU).map_or(0, |r| r.devices.len());
     let mig_devices = snapshot.resources.get(MIG).map_or(0, |r| r.devices.len());
@@ -181,15 +170,7 @@ fn main() {
 /// ListAndWatch call → first message in hand, over a unix socket to the in-process server.
 fn over_the_socket(snapshot: &Snapshot) {
     const STREAMS: usize = 200;
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("server runtime");
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let (server, client) = runtimes(2);
     for (resource, expected) in [(GPU, 1024), (MIG, 56)] {
         let plugin = InProcessPlugin::start(&server, &client, snapshot.clone(), resource);
         let mut c = plugin.client.clone();

@@ -13,29 +13,22 @@ use std::time::{Duration, Instant};
 
 use criterion::{black_box, Criterion};
 use gpu_agent::agent::{AgentStats, Handles};
-use gpu_agent::config;
 use gpu_agent::gpu::mock::MockBackend;
 use gpu_agent::gpu::GpuBackend;
 use gpu_agent::health::watcher::XidCounts;
-use gpu_agent::health::HealthState;
 use gpu_agent::metrics::{Metrics, Sources};
 use gpu_agent::plugin::StatusBoard;
 use gpu_agent::podresources::{self, PodAllocations};
-use gpu_agent::snapshot::Snapshot;
 use gpu_agent::telemetry::TelemetrySample;
 use tokio::sync::watch;
 
 fn sources() -> (Sources, watch::Sender<Arc<TelemetrySample>>) {
-    let backend = MockBackend::from_text(&common::fixture()).expect("fixture");
-    let inventory = Arc::new(backend.inventory().expect("inventory"));
-    let devices = backend.telemetry(&inventory);
-    let config = config::parse(common::CONFIG).expect("config");
-    let snapshot = Snapshot::build(
-        inventory.clone(),
-        Arc::new(config),
-        Arc::new(HealthState::default()),
-    )
-    .expect("snapshot");
+    let fixture = common::fixture();
+    let snapshot = common::plugin::snapshot(&fixture, common::CONFIG);
+    let inventory = snapshot.inventory.clone();
+    let devices = MockBackend::from_text(&fixture)
+        .expect("fixture")
+        .telemetry(&inventory);
     let replicas = common::replica_ids();
     let names: BTreeSet<&str> = snapshot.resources.names().collect();
     let held = podresources::ours(&common::pods(&replicas), &names);
@@ -71,15 +64,14 @@ fn sources() -> (Sources, watch::Sender<Arc<TelemetrySample>>) {
 
 /// p50, p99 and max of `runs` timings of `f`.
 fn timings(runs: usize, mut f: impl FnMut()) -> [Duration; 3] {
-    let mut times = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let start = Instant::now();
-        f();
-        times.push(start.elapsed());
-    }
-    times.sort();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    [at(0.50), at(0.99), times[times.len() - 1]]
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    common::plugin::percentiles(&mut times)
 }
 
 fn report(what: &str, [p50, p99, max]: [Duration; 3]) {

@@ -199,40 +199,20 @@ fn stop(mut agent: Child) -> Option<i32> {
     None
 }
 
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() {
-    // `cargo bench` passes `--bench`; a filter that does not name us means another bench was asked for.
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    if !args.is_empty() && !args.iter().any(|a| "soak".contains(a.as_str())) {
+    if !common::selected("soak") {
         return;
     }
-    let scrapes = env_count("SCRAPES", 100_000).max(1);
-    let allocations = env_count("ALLOCATIONS", 10_000).min(scrapes);
-    let starts = env_count("STARTS", 5);
+    let scrapes = common::env_count("SCRAPES", 100_000).max(1);
+    let allocations = common::env_count("ALLOCATIONS", 10_000).min(scrapes);
+    let starts = common::env_count("STARTS", 5);
 
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("fixture.yaml"), common::fixture()).expect("write fixture");
     std::fs::write(dir.path().join("config.yaml"), common::CONFIG).expect("write config");
 
     // The stubs (kubelet, pod-resources) on a worker thread; this thread drives the client side.
-    let stubs = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("stub runtime");
-    let client_rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let (stubs, client_rt) = common::plugin::runtimes(1);
     let (registered_tx, mut registrations) = mpsc::unbounded_channel();
     {
         let _guard = stubs.enter();

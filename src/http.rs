@@ -62,13 +62,7 @@ pub fn router(state: HttpState) -> Router {
 pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: watch::Receiver<bool>) {
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "serving /metrics, /healthz and /readyz");
-    let stop = async move {
-        while !*shutdown.borrow_and_update() {
-            if shutdown.changed().await.is_err() {
-                break;
-            }
-        }
-    };
+    let stop = async move { crate::sync::until_true(&mut shutdown).await };
     if let Err(e) = axum::serve(listener, router(state))
         .with_graceful_shutdown(stop)
         .await

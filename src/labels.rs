@@ -1,8 +1,8 @@
 //! Node labels through a Node Feature Discovery feature file (`--nfd-features-file`), with the
 //! keys GPU Feature Discovery (GFD) uses, so node selectors written for GFD keep working.
 //!
-//! [`node_labels`] is a pure function of the snapshot; [`run`] rewrites the file (temp file +
-//! rename, so NFD never reads half a file) only when its content changes: on an inventory change
+//! [`node_labels`] is a pure function of the snapshot; [`run`] rewrites the file (a hidden temp
+//! file + rename, so NFD never reads half a file) only when its content changes: on an inventory change
 //! (MIG re-partition) or a config change, not on health or telemetry changes.
 //!
 //! Choices where GFD has no answer: `gpu.sharing-strategy` is `none`, `time-slicing`, `vgpu`, or
@@ -11,20 +11,19 @@
 //! strategy (GFD omits it for `none`); a node without GPUs gets only `nvidia.com/gpu.present=false`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cdi::writer::write_atomically;
 use crate::config::MigStrategy;
 use crate::gpu::{mig_profiles, Gpu};
+use crate::resources::names::{self, GPU};
 use crate::resources::Strategy;
 use crate::snapshot::Snapshot;
 
-/// The whole-GPU resource GFD's `nvidia.com/gpu.*` labels describe.
-const GPU: &str = "nvidia.com/gpu";
 /// Wait before retrying a failed write.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
 
@@ -111,17 +110,20 @@ pub fn node_labels(snapshot: &Snapshot) -> BTreeMap<String, String> {
     if shared {
         name.push("SHARED");
     }
-    let time_sliced_replicas = config
-        .time_slicing
-        .resources
-        .iter()
-        .find(|r| r.name == GPU)
-        .map(|r| r.replicas);
+    // Replicas of a resource's time-slicing entry, if it has one.
+    let time_sliced = |resource: &str| {
+        config
+            .time_slicing
+            .resources
+            .iter()
+            .find(|r| r.name == resource)
+            .map(|r| r.replicas)
+    };
     let full = gpus.iter().find(|g| !g.mig_enabled);
     let replicas = match full {
         // Only MIG-enabled GPUs: GFD labels them without sharing.
         None => 0,
-        Some(gpu) => time_sliced_replicas
+        Some(gpu) => time_sliced(GPU)
             .or_else(|| {
                 config
                     .vgpu
@@ -173,14 +175,7 @@ pub fn node_labels(snapshot: &Snapshot) -> BTreeMap<String, String> {
             entry.2 += 1;
         }
     }
-    let replicas_of = |resource: &str| {
-        config
-            .time_slicing
-            .resources
-            .iter()
-            .find(|r| r.name == resource)
-            .map_or(1, |r| r.replicas)
-    };
+    let replicas_of = |resource: &str| time_sliced(resource).unwrap_or(1);
     match config.mig_strategy {
         MigStrategy::None => {}
         MigStrategy::Single => {
@@ -213,7 +208,7 @@ pub fn node_labels(snapshot: &Snapshot) -> BTreeMap<String, String> {
         }
         MigStrategy::Mixed => {
             for (profile, (parent, memory, count)) in &profiles {
-                let resource = format!("nvidia.com/mig-{profile}");
+                let resource = names::mig_resource(profile);
                 let mut name = vec![*parent, "MIG", profile];
                 if resources
                     .get(&resource)
@@ -264,31 +259,6 @@ pub fn render(labels: &BTreeMap<String, String>) -> String {
     out
 }
 
-/// Replace `path` with `content` atomically: write a hidden temp file beside it (NFD skips
-/// hidden files), flush it to disk, rename it over the target.
-pub fn write_atomic(path: &Path, content: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "gpu-agent".into());
-    let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(content.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
-}
-
 /// Keep `path` in step with the snapshots until `shutdown` turns true. The file is left in place
 /// on exit, so an agent restart (an upgrade) does not make the labels flap.
 pub async fn run(
@@ -303,7 +273,8 @@ pub async fn run(
         let content = render(&node_labels(&snapshot));
         if written.as_ref() != Some(&content) {
             let (p, c) = (path.clone(), content.clone());
-            let result = tokio::task::spawn_blocking(move || write_atomic(&p, &c)).await;
+            let result =
+                tokio::task::spawn_blocking(move || write_atomically(&p, c.as_bytes())).await;
             match result {
                 Ok(Ok(())) => {
                     tracing::info!(path = %path.display(), "node feature labels written");

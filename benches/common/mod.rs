@@ -59,18 +59,7 @@ pub fn pods(replica_ids: &[String]) -> ListPodResourcesResponse {
 
 /// The advertised replica IDs of the MIG resource, as the agent builds them from the fixture.
 pub fn replica_ids() -> Vec<String> {
-    use gpu_agent::gpu::GpuBackend;
-    use std::sync::Arc;
-    let backend = gpu_agent::gpu::mock::MockBackend::from_text(&fixture()).expect("fixture");
-    let inventory = backend.inventory().expect("inventory");
-    let config = gpu_agent::config::parse(CONFIG).expect("config");
-    let snapshot = gpu_agent::snapshot::Snapshot::build(
-        Arc::new(inventory),
-        Arc::new(config),
-        Arc::new(gpu_agent::health::HealthState::default()),
-    )
-    .expect("snapshot");
-    snapshot
+    plugin::snapshot(&fixture(), CONFIG)
         .resources
         .get(RESOURCE)
         .expect("MIG resource")
@@ -78,4 +67,22 @@ pub fn replica_ids() -> Vec<String> {
         .iter()
         .map(|d| d.id.clone())
         .collect()
+}
+
+/// False when this bench was not asked for: `cargo bench` passes `--bench` (and criterion's own
+/// `--` options) to every bench, plus the filter, if any, that picks the bench to run.
+pub fn selected(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
+/// A count from the environment variable `name`, else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }

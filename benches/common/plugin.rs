@@ -34,6 +34,21 @@ pub fn snapshot(fixture_text: &str, config_text: &str) -> Snapshot {
     .unwrap_or_else(|e| panic!("bench snapshot: {e:?}"))
 }
 
+/// A multi-threaded runtime with `workers` workers for the servers (the agent runs on two), and
+/// a current-thread one for the client side, as the kubelet is another process.
+pub fn runtimes(workers: usize) -> (Runtime, Runtime) {
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    (server, client)
+}
+
 /// A served plugin and a client of it. Dropping it stops the server.
 pub struct InProcessPlugin {
     pub client: DevicePluginClient<Channel>,

@@ -16,14 +16,10 @@ pub mod rootfs;
 pub mod spec;
 pub mod writer;
 
-/// CDI vendor of our devices. Not `nvidia.com`: the NVIDIA Container Toolkit's own spec
-/// (`nvidia-ctk cdi generate`) defines `nvidia.com/gpu=<uuid>` too, and two specs defining the
-/// same device make the runtime reject both; NVIDIA's device plugin avoids it the same way
-/// (`k8s.device-plugin.nvidia.com`).
-pub const VENDOR: &str = "k8s.gpu-agent.io";
-/// CDI class of our devices.
-pub const CLASS: &str = "gpu";
-/// `<vendor>/<class>`: the spec's `kind` and the prefix of every device name.
+/// `<vendor>/<class>`: the spec's `kind` and the prefix of every device name. The vendor is not
+/// `nvidia.com`: the NVIDIA Container Toolkit's own spec (`nvidia-ctk cdi generate`) defines
+/// `nvidia.com/gpu=<uuid>` too, and two specs defining the same device make the runtime reject
+/// both; NVIDIA's device plugin avoids it the same way (`k8s.device-plugin.nvidia.com`).
 pub const KIND: &str = "k8s.gpu-agent.io/gpu";
 /// CDI spec version written. 0.6.0 is understood by containerd ≥ 1.7.2 and CRI-O ≥ 1.28 and
 /// carries everything we use (device nodes with host paths, env, mounts, named hooks).

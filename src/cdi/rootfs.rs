@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::fs::Metadata;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Symlinks followed per lookup before giving up (Linux's own limit is 40).
 const MAX_LINKS: usize = 40;
@@ -139,11 +139,6 @@ impl RootFs {
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(entries)
-    }
-
-    /// The top of the tree, for messages.
-    pub fn top(&self) -> &Path {
-        &self.top
     }
 }
 

@@ -132,9 +132,14 @@ fn log_discovery(query: &Query, found: &Result<Driver, driver::NotFound>) {
     }
 }
 
-/// Write `bytes` to `path` so that readers see the old file or the new one, never a mix.
+/// Write `bytes` to `path` so that readers see the old file or the new one, never a mix: a temp
+/// file beside it, synced, renamed over it. The temp name is hidden and ends in `.tmp`, so
+/// neither a CDI registry nor NFD (the node feature file, `labels`) reads it.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()

@@ -140,6 +140,24 @@ fn mixed_strategy_counts_every_profile() {
 }
 
 #[test]
+fn mixed_strategy_keys_follow_the_resource_names() {
+    // `+me` profiles are advertised as `nvidia.com/mig-<profile with + as .>`; their labels use
+    // that name too (a `+` is not allowed in a label key), and find its time-slicing entry.
+    let labels = node_labels(&snapshot(
+        "gpus:\n  - {model: NVIDIA H100 80GB HBM3, mig: {devices: [1g.10gb+me, 1g.10gb]}}\n",
+        "version: v1\nflags: {migStrategy: mixed}\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/mig-1g.10gb.me, replicas: 2}\n",
+    ));
+    assert_eq!(get(&labels, "nvidia.com/mig-1g.10gb.me.count"), "1");
+    assert_eq!(get(&labels, "nvidia.com/mig-1g.10gb.me.replicas"), "2");
+    assert_eq!(
+        get(&labels, "nvidia.com/mig-1g.10gb.me.product"),
+        "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb-me-SHARED"
+    );
+    assert_eq!(get(&labels, "nvidia.com/mig-1g.10gb.count"), "1");
+    assert!(!labels.keys().any(|k| k.contains('+')), "{labels:?}");
+}
+
+#[test]
 fn single_strategy_describes_the_mig_devices_as_gpus() {
     let fixture = "gpus:\n  - {model: NVIDIA A100-SXM4-40GB, mig: {devices: [1g.5gb, 1g.5gb]}}\n  - {model: NVIDIA A100-SXM4-40GB, mig: {devices: [1g.5gb]}}\n";
     let labels = node_labels(&snapshot(
@@ -197,11 +215,11 @@ fn render_is_sorted_key_value_lines() {
 }
 
 #[test]
-fn write_atomic_replaces_the_file_and_leaves_no_temp() {
+fn write_atomically_replaces_the_file_and_leaves_no_temp() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("features.d").join("gpu-agent");
-    write_atomic(&path, "a=1\n").unwrap();
-    write_atomic(&path, "a=2\n").unwrap();
+    write_atomically(&path, b"a=1\n").unwrap();
+    write_atomically(&path, b"a=2\n").unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "a=2\n");
     let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
         .unwrap()

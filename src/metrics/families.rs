@@ -349,9 +349,7 @@ impl Sink for Refresher<'_> {
 
 /// Build every family, empty ones included (a registry prunes them).
 pub fn build(view: &View<'_>) -> Vec<MetricFamily> {
-    let mut builder = Builder::default();
-    emit(view, &mut builder);
-    builder.families
+    Template::new(view).families
 }
 
 /// Families kept between scrapes: while the series set stays the same (same snapshot, same
@@ -387,11 +385,6 @@ impl Template {
         emit(view, &mut refresher);
         refresher.close();
         refresher.same && refresher.current.map_or(0, |f| f + 1) == self.families.len()
-    }
-
-    /// The families, empty ones included.
-    pub fn families(&self) -> &[MetricFamily] {
-        &self.families
     }
 
     /// The text exposition of the non-empty families.
@@ -446,10 +439,6 @@ gpus:
         }
     }
 
-    fn render(view: &View<'_>) -> Vec<MetricFamily> {
-        build(view)
-    }
-
     fn view<'a>(
         f: &'a Fixture,
         xids: &'a BTreeMap<(String, u64), u64>,
@@ -502,7 +491,7 @@ gpus:
     fn device_gauges_follow_the_telemetry() {
         let f = fixture(None, HealthState::default());
         let empty = (BTreeMap::new(), PodAllocations::default(), BTreeMap::new());
-        let fams = render(&view(&f, &empty.0, &empty.1, &empty.2));
+        let fams = build(&view(&f, &empty.0, &empty.1, &empty.2));
         let gpu0 = &f.snapshot.inventory.gpus[0];
         let uuid = gpu0.uuid.as_str();
         assert_eq!(
@@ -545,7 +534,7 @@ gpus:
     fn mig_devices_carry_their_parent_and_report_memory_only() {
         let f = fixture(None, HealthState::default());
         let empty = (BTreeMap::new(), PodAllocations::default(), BTreeMap::new());
-        let fams = render(&view(&f, &empty.0, &empty.1, &empty.2));
+        let fams = build(&view(&f, &empty.0, &empty.1, &empty.2));
         let gpu1 = &f.snapshot.inventory.gpus[1];
         let mig = &gpu1.mig_devices[0];
         let (labels, used) = series(&fams, "gpu_memory_used_bytes")
@@ -576,7 +565,7 @@ gpus:
         )
         .unwrap();
         let empty = (BTreeMap::new(), PodAllocations::default(), BTreeMap::new());
-        let fams = render(&view(&f, &empty.0, &empty.1, &empty.2));
+        let fams = build(&view(&f, &empty.0, &empty.1, &empty.2));
         assert_eq!(value_for(&fams, "gpu_utilization_percent", &uuid), None);
         assert_eq!(value_for(&fams, "gpu_memory_used_bytes", &uuid), None);
         assert_eq!(value_for(&fams, "gpu_healthy", &uuid), Some(0.0));
@@ -600,7 +589,7 @@ gpus:
         .into_iter()
         .collect();
         let rest = (PodAllocations::default(), BTreeMap::new());
-        let fams = render(&view(&f, &xids, &rest.0, &rest.1));
+        let fams = build(&view(&f, &xids, &rest.0, &rest.1));
         let got: Vec<(String, String, f64)> = series(&fams, "gpu_xid_errors_total")
             .into_iter()
             .map(|(l, v)| (l["uuid"].clone(), l["xid"].clone(), v))
@@ -638,7 +627,7 @@ gpus:
             up: true,
         };
         let rest = (BTreeMap::new(), BTreeMap::new());
-        let fams = render(&view(&f, &rest.0, &pods, &rest.1));
+        let fams = build(&view(&f, &rest.0, &pods, &rest.1));
         let got = series(&fams, "gpu_container_allocation");
         assert_eq!(got.len(), 2, "{got:?}");
         for (labels, value) in &got {
@@ -665,7 +654,7 @@ gpus:
             },
         );
         let rest = (BTreeMap::new(), PodAllocations::default());
-        let fams = render(&view(&f, &rest.0, &rest.1, &plugins));
+        let fams = build(&view(&f, &rest.0, &rest.1, &plugins));
         let one = |name: &str| series(&fams, name)[0].1;
         assert_eq!(one("gpu_agent_registrations_total"), 2.0);
         assert_eq!(one("gpu_agent_allocations_total"), 7.0);
@@ -722,7 +711,7 @@ gpus:
     fn every_family_has_its_documented_name_type_and_help() {
         let f = fixture(None, HealthState::default());
         let empty = (BTreeMap::new(), PodAllocations::default(), BTreeMap::new());
-        for mf in render(&view(&f, &empty.0, &empty.1, &empty.2)) {
+        for mf in build(&view(&f, &empty.0, &empty.1, &empty.2)) {
             let def = names::find(mf.name()).expect("documented");
             assert_eq!(mf.help(), def.help);
             let counter = mf.get_field_type() == MetricType::COUNTER;

@@ -21,7 +21,7 @@ use axum::body::Bytes;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Registry, TextEncoder};
+use prometheus::Registry;
 
 use crate::agent::Handles;
 use crate::plugin::PluginStatus;
@@ -195,13 +195,6 @@ impl Metrics {
         });
         Ok(text)
     }
-}
-
-/// Encode families in the text format (every family must have a series).
-pub fn encode(families: &[MetricFamily]) -> Result<String, prometheus::Error> {
-    let mut out = String::with_capacity(64 * 1024);
-    TextEncoder::new().encode_utf8(families, &mut out)?;
-    Ok(out)
 }
 
 #[cfg(test)]

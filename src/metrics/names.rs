@@ -38,6 +38,12 @@ const fn gauge(
     }
 }
 
+/// A gauge with one series per device: labelled [`DEVICE_LABELS`] (plus [`MIG_LABELS`] on MIG
+/// devices).
+const fn device_gauge(name: &'static str, help: &'static str) -> MetricDef {
+    gauge(name, help, DEVICE_LABELS)
+}
+
 const fn counter(
     name: &'static str,
     help: &'static str,
@@ -51,47 +57,32 @@ const fn counter(
     }
 }
 
-pub const GPU_UTILIZATION: MetricDef = gauge(
+pub const GPU_UTILIZATION: MetricDef = device_gauge(
     "gpu_utilization_percent",
     "Percent of time over the last sample period during which a kernel was running on the GPU (omitted where unsupported, e.g. MIG devices).",
-    DEVICE_LABELS,
 );
-pub const GPU_MEMORY_UTILIZATION: MetricDef = gauge(
+pub const GPU_MEMORY_UTILIZATION: MetricDef = device_gauge(
     "gpu_memory_utilization_percent",
     "Device memory in use as a percent of the device's total memory (used / total x 100).",
-    DEVICE_LABELS,
 );
-pub const GPU_MEMORY_USED: MetricDef = gauge(
-    "gpu_memory_used_bytes",
-    "Device memory in use, in bytes.",
-    DEVICE_LABELS,
-);
-pub const GPU_MEMORY_TOTAL: MetricDef = gauge(
-    "gpu_memory_total_bytes",
-    "Total device memory, in bytes.",
-    DEVICE_LABELS,
-);
-pub const GPU_TEMPERATURE: MetricDef = gauge(
+pub const GPU_MEMORY_USED: MetricDef =
+    device_gauge("gpu_memory_used_bytes", "Device memory in use, in bytes.");
+pub const GPU_MEMORY_TOTAL: MetricDef =
+    device_gauge("gpu_memory_total_bytes", "Total device memory, in bytes.");
+pub const GPU_TEMPERATURE: MetricDef = device_gauge(
     "gpu_temperature_celsius",
     "GPU core temperature in degrees Celsius.",
-    DEVICE_LABELS,
 );
-pub const GPU_POWER: MetricDef =
-    gauge("gpu_power_watts", "GPU power draw in watts.", DEVICE_LABELS);
-pub const GPU_SM_CLOCK: MetricDef = gauge(
+pub const GPU_POWER: MetricDef = device_gauge("gpu_power_watts", "GPU power draw in watts.");
+pub const GPU_SM_CLOCK: MetricDef = device_gauge(
     "gpu_sm_clock_hertz",
     "Current SM (streaming multiprocessor) clock in hertz.",
-    DEVICE_LABELS,
 );
-pub const GPU_MEMORY_CLOCK: MetricDef = gauge(
-    "gpu_memory_clock_hertz",
-    "Current memory clock in hertz.",
-    DEVICE_LABELS,
-);
-pub const GPU_HEALTHY: MetricDef = gauge(
+pub const GPU_MEMORY_CLOCK: MetricDef =
+    device_gauge("gpu_memory_clock_hertz", "Current memory clock in hertz.");
+pub const GPU_HEALTHY: MetricDef = device_gauge(
     "gpu_healthy",
     "1 when the device is healthy (allocatable), 0 when a fatal XID, ECC error or loss made it unhealthy.",
-    DEVICE_LABELS,
 );
 pub const GPU_XID_ERRORS: MetricDef = counter(
     "gpu_xid_errors_total",

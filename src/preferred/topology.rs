@@ -4,8 +4,6 @@
 //!
 //! [`Snapshot`]: crate::snapshot::Snapshot
 
-use std::collections::HashMap;
-
 use crate::gpu::Inventory;
 
 /// PCIe distance of a pair in different PCI domains or with an unknown bus id: further than any
@@ -15,9 +13,8 @@ pub const PCIE_FAR: u32 = 512;
 /// Pairwise NVLink counts, PCIe distances and NUMA nodes of the node's GPUs, by GPU index.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Topology {
-    /// GPU index of each slot, ascending.
+    /// GPU index of each slot, ascending (a GPU's slot is found by binary search).
     gpus: Vec<u32>,
-    slot: HashMap<u32, usize>,
     /// `links[a * n + b]`: NVLinks between slots a and b (symmetric, 0 on the diagonal).
     links: Vec<u32>,
     /// `pcie[a * n + b]`: PCIe distance between slots a and b (symmetric).
@@ -34,19 +31,19 @@ impl Topology {
         gpus.sort_unstable();
         gpus.dedup();
         let n = gpus.len();
-        let slot: HashMap<u32, usize> = gpus.iter().enumerate().map(|(s, &g)| (g, s)).collect();
+        let slot = |gpu: u32| gpus.binary_search(&gpu).ok();
         let mut links = vec![0u32; n * n];
         let mut pcie = vec![PCIE_FAR; n * n];
         let mut numa = vec![None; n];
         let mut bus = vec![None; n];
         for gpu in &inventory.gpus {
-            let Some(&a) = slot.get(&gpu.index) else {
+            let Some(a) = slot(gpu.index) else {
                 continue;
             };
             numa[a] = gpu.numa_node;
             bus[a] = gpu.pci_bus_id.as_deref().and_then(parse_bus);
             for (peer, &count) in &gpu.nvlinks {
-                if let Some(&b) = slot.get(peer) {
+                if let Some(b) = slot(*peer) {
                     if a != b {
                         links[a * n + b] = links[a * n + b].max(count);
                         links[b * n + a] = links[a * n + b];
@@ -65,7 +62,6 @@ impl Topology {
         }
         Self {
             gpus,
-            slot,
             links,
             pcie,
             numa,
@@ -97,7 +93,7 @@ impl Topology {
 
     /// NUMA node of GPU `gpu`, when known.
     pub fn numa_node(&self, gpu: u32) -> Option<u32> {
-        self.slot.get(&gpu).and_then(|&s| self.numa[s])
+        self.slot(gpu).and_then(|s| self.numa[s])
     }
 
     /// How good the set `gpus` (indices) is for one container; see [`Score`]. Duplicates and
@@ -121,9 +117,13 @@ impl Topology {
         score
     }
 
+    fn slot(&self, gpu: u32) -> Option<usize> {
+        self.gpus.binary_search(&gpu).ok()
+    }
+
     fn pair(&self, a: u32, b: u32, table: &[u32], missing: u32) -> u32 {
-        match (self.slot.get(&a), self.slot.get(&b)) {
-            (Some(&a), Some(&b)) => table[a * self.gpus.len() + b],
+        match (self.slot(a), self.slot(b)) {
+            (Some(a), Some(b)) => table[a * self.gpus.len() + b],
             _ => missing,
         }
     }

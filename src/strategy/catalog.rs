@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::Mode;
 use crate::gpu::Inventory;
-use crate::resources::{Health, ResourceSet, Target};
+use crate::resources::{ids, Health, ResourceSet, Target};
 
 /// One resource on offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,7 +450,7 @@ impl GpuMemory {
             return Err(missing("a vGPU slice's size is not in the gpus list"));
         }
         let id = device.get("id").and_then(Value::as_str).unwrap_or("");
-        let base = id.split("::").next().unwrap_or(id);
+        let base = ids::base(id);
         if let Some(&m) = self.migs.get(base) {
             return Ok(m);
         }

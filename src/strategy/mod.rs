@@ -339,4 +339,4 @@ fn trim(value: f64, unit: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

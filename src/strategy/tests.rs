@@ -121,7 +121,8 @@ fn classification_reasons_name_the_rule_and_values() {
     );
 }
 
-fn offer(name: &str, mode: Mode, memory_mib: u64, count: u32) -> Offer {
+/// An offer, for this module's tests and those of the catalog and the webhook.
+pub(crate) fn offer(name: &str, mode: Mode, memory_mib: u64, count: u32) -> Offer {
     Offer {
         name: name.into(),
         mode,
@@ -130,7 +131,7 @@ fn offer(name: &str, mode: Mode, memory_mib: u64, count: u32) -> Offer {
     }
 }
 
-fn catalog(offers: &[Offer]) -> Catalog {
+pub(crate) fn catalog(offers: &[Offer]) -> Catalog {
     Catalog {
         offers: offers.to_vec(),
     }

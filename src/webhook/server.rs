@@ -57,7 +57,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = stopped(&mut shutdown) => return,
+            () = crate::sync::until_true(&mut shutdown) => return,
         };
         let acceptor = TlsAcceptor::from(inputs.tls.current());
         let inputs = inputs.clone();
@@ -87,11 +87,6 @@ pub async fn serve(
             }
         });
     }
-}
-
-/// Resolves once `shutdown` is true (or its sender is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 async fn handle(

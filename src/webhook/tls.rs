@@ -10,11 +10,20 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 /// Why the certificate and key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read TLS certificate {path}: {message}")]
+    #[error(
+        "cannot read TLS certificate {path}: {message} (--tls-cert-file must name a PEM \
+         certificate chain, leaf first)"
+    )]
     Cert { path: PathBuf, message: String },
-    #[error("cannot read TLS key {path}: {message}")]
+    #[error(
+        "cannot read TLS key {path}: {message} (--tls-key-file must name a PEM private key: \
+         PKCS#8, PKCS#1 or SEC1)"
+    )]
     Key { path: PathBuf, message: String },
-    #[error("TLS certificate {cert} and key {key} cannot be used together: {message}")]
+    #[error(
+        "TLS certificate {cert} and key {key} cannot be used together: {message} (--tls-key-file \
+         must be the key of the --tls-cert-file certificate)"
+    )]
     Config {
         cert: PathBuf,
         key: PathBuf,

@@ -2,6 +2,7 @@ use super::*;
 use crate::config;
 use crate::gpu::fixture;
 use crate::health::HealthState;
+use crate::strategy::tests::offer;
 
 const MIXED: &str = r#"
 gpus:
@@ -15,15 +16,6 @@ fn node(fixture_text: &str, config_text: &str) -> (Inventory, ResourceSet) {
     let config = config::parse(config_text).unwrap();
     let built = crate::resources::build(&inventory, &config, &HealthState::default()).unwrap();
     (inventory, built.resources)
-}
-
-fn offer(name: &str, mode: Mode, memory_mib: u64, count: u32) -> Offer {
-    Offer {
-        name: name.into(),
-        mode,
-        memory_mib,
-        count,
-    }
 }
 
 #[test]

@@ -1,20 +1,13 @@
 use super::*;
-use crate::strategy::{Mode, Offer};
+use crate::strategy::tests::offer;
+use crate::strategy::Mode;
 
 fn catalog() -> Catalog {
-    let offer = |name: &str, mode, memory_mib, count| Offer {
-        name: name.into(),
-        mode,
-        memory_mib,
-        count,
-    };
-    Catalog {
-        offers: vec![
-            offer("nvidia.com/gpu", Mode::Exclusive, 81559, 8),
-            offer("nvidia.com/mig-1g.10gb", Mode::Mig, 9984, 14),
-            offer("nvidia.com/mig-3g.40gb", Mode::Mig, 40448, 2),
-        ],
-    }
+    crate::strategy::tests::catalog(&[
+        offer("nvidia.com/gpu", Mode::Exclusive, 81559, 8),
+        offer("nvidia.com/mig-1g.10gb", Mode::Mig, 9984, 14),
+        offer("nvidia.com/mig-3g.40gb", Mode::Mig, 40448, 2),
+    ])
 }
 
 fn request(pod: Value) -> Vec<u8> {
