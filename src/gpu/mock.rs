@@ -57,7 +57,9 @@ impl MockBackend {
         f(&guard)
     }
 
-    /// Apply a newly read fixture: publish what changed, then keep it as the current state.
+    /// Apply a newly read fixture: publish what changed, then keep it as the current state. Any
+    /// change of the inventory is published, versions and node name included (a fixture edit is
+    /// deliberate, unlike an NVML read that failed once).
     fn apply(&self, new: Fixture, events: &BackendEvents) {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut *guard, new);
@@ -66,7 +68,7 @@ impl MockBackend {
             // Fails only when the agent is stopping.
             let _ = events.health.send(event);
         }
-        if !old.inventory.same_layout(&new.inventory) || old.inventory != new.inventory {
+        if old.inventory != new.inventory {
             tracing::info!(
                 gpus = new.inventory.gpus.len(),
                 "mock fixture layout changed"
