@@ -20,16 +20,6 @@ pub enum BackendKind {
     Mock,
 }
 
-impl BackendKind {
-    /// The name shown in `list` (`auto` resolves to `nvml`).
-    pub fn resolved_name(self) -> &'static str {
-        match self {
-            BackendKind::Auto | BackendKind::Nvml => "nvml",
-            BackendKind::Mock => "mock",
-        }
-    }
-}
-
 /// Why a backend could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {

@@ -441,7 +441,7 @@ gpus:
 "#;
         let f = parse(text).unwrap();
         let gpus = &f.inventory.gpus;
-        assert_eq!(gpus[1].nvlinks_to(0), 4);
+        assert_eq!(gpus[1].nvlinks.get(&0), Some(&4));
         assert_eq!(f.gpu_xids[&gpus[0].uuid], vec![43]);
         assert!(f.lost.contains(&gpus[0].uuid));
         let t = &f.telemetry[&gpus[1].uuid];

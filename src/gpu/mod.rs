@@ -78,18 +78,6 @@ pub struct Gpu {
     pub nvlinks: BTreeMap<u32, u32>,
 }
 
-impl Gpu {
-    /// `/dev/nvidiaN` for this GPU.
-    pub fn device_node(&self) -> String {
-        format!("/dev/nvidia{}", self.minor_number)
-    }
-
-    /// NVLink count to `peer`, 0 over PCIe.
-    pub fn nvlinks_to(&self, peer: u32) -> u32 {
-        self.nvlinks.get(&peer).copied().unwrap_or(0)
-    }
-}
-
 /// One MIG device (a GPU instance with its compute instance).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
