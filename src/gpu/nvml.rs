@@ -25,12 +25,13 @@ use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
 use nvml_wrapper::{Device, EventSet, Nvml};
 use nvml_wrapper_sys::bindings::{
-    nvmlDevice_t, nvmlEventData_t, NVML_DEVICE_MIG_ENABLE, NVML_NVLINK_MAX_LINKS,
+    nvmlDevice_t, nvmlEventData_t, nvmlReturn_t, NVML_DEVICE_MIG_ENABLE, NVML_NVLINK_MAX_LINKS,
 };
 use tracing::{debug, info, warn};
 
 use super::backend::{BackendError, BackendEvents, GpuBackend};
 use super::{DeviceTelemetry, Gpu, HealthEvent, Inventory, MigDevice, Telemetry};
+use crate::health::policy::XID_FALLEN_OFF_BUS;
 
 /// Library names tried in order. Nodes normally ship only the versioned soname (the unversioned
 /// `libnvidia-ml.so` comes with the dev package), so it goes first; the second is the fallback
@@ -41,9 +42,6 @@ const NVML_LIBRARIES: [&str; 2] = ["libnvidia-ml.so.1", "libnvidia-ml.so"];
 const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 const MIB: u64 = 1024 * 1024;
-
-/// XID 79: "GPU has fallen off the bus".
-const XID_FALLEN_OFF_BUS: u64 = 79;
 
 /// `gpuInstanceId` / `computeInstanceId` of an event that is not scoped to a MIG instance.
 const NO_INSTANCE: u32 = 0xFFFF_FFFF;
@@ -467,23 +465,32 @@ fn read_mig_device(mig: &Device<'_>, index: u32, parent_uuid: &str) -> Option<Mi
     })
 }
 
+/// The C signature of NVML's MIG instance id getters.
+type InstanceIdGetter = unsafe extern "C" fn(nvmlDevice_t, *mut u32) -> nvmlReturn_t;
+
+/// Call `getter` (a symbol of the library `mig` was opened with) on the MIG device `mig`.
+fn instance_id(mig: &Device<'_>, getter: &InstanceIdGetter) -> Result<u32, NvmlError> {
+    let mut id: u32 = 0;
+    // SAFETY: `getter` comes from the loaded NVML library with its C signature; the handle is a
+    // live NVML device handle (it borrows the `Nvml` it came from) and `id` is a valid out pointer.
+    nvml_try(unsafe { getter(mig.handle(), &mut id) })?;
+    Ok(id)
+}
+
 /// `nvmlDeviceGetGpuInstanceId` of a MIG device handle (nvml-wrapper 0.13 has no wrapper).
 fn gpu_instance_id(mig: &Device<'_>) -> Result<u32, NvmlError> {
-    let sym = nvml_sym(mig.nvml().lib().nvmlDeviceGetGpuInstanceId.as_ref())?;
-    let mut id: u32 = 0;
-    // SAFETY: `sym` comes from the loaded NVML library with its C signature; the handle is a live
-    // NVML device handle (it borrows the `Nvml` it came from) and `id` is a valid out pointer.
-    nvml_try(unsafe { sym(mig.handle(), &mut id) })?;
-    Ok(id)
+    instance_id(
+        mig,
+        nvml_sym(mig.nvml().lib().nvmlDeviceGetGpuInstanceId.as_ref())?,
+    )
 }
 
 /// `nvmlDeviceGetComputeInstanceId` of a MIG device handle (nvml-wrapper 0.13 has no wrapper).
 fn compute_instance_id(mig: &Device<'_>) -> Result<u32, NvmlError> {
-    let sym = nvml_sym(mig.nvml().lib().nvmlDeviceGetComputeInstanceId.as_ref())?;
-    let mut id: u32 = 0;
-    // SAFETY: as in `gpu_instance_id`.
-    nvml_try(unsafe { sym(mig.handle(), &mut id) })?;
-    Ok(id)
+    instance_id(
+        mig,
+        nvml_sym(mig.nvml().lib().nvmlDeviceGetComputeInstanceId.as_ref())?,
+    )
 }
 
 /// The normalised remote bus id of each active NVLink (`None` when NVML cannot tell).
