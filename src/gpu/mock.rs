@@ -101,7 +101,7 @@ fn new_xids<'a>(old: Option<&Vec<u64>>, new: Option<&'a Vec<u64>>) -> &'a [u64] 
 }
 
 /// Health events implied by going from `old` to `new`: XIDs appended since, GPUs lost or back.
-pub fn health_changes(old: &Fixture, new: &Fixture) -> Vec<HealthEvent> {
+fn health_changes(old: &Fixture, new: &Fixture) -> Vec<HealthEvent> {
     let mut events = Vec::new();
     for gpu in &new.inventory.gpus {
         for &xid in new_xids(old.gpu_xids.get(&gpu.uuid), new.gpu_xids.get(&gpu.uuid)) {

@@ -851,7 +851,7 @@ fn event_gpu_uuid(nvml: &Nvml, event: &RawEvent, registered: &[Registered]) -> O
 /// NVML's bus id (`00000000:18:00.0`, upper-case hex, 8-digit domain) in the Linux sysfs form
 /// `dddd:bb:dd.f` (lower-case; the domain keeps at least 4 digits, more only when it needs them,
 /// as Linux prints it for VMD domains). `None` when the text is not a bus id.
-pub fn normalize_bus_id(raw: &str) -> Option<String> {
+fn normalize_bus_id(raw: &str) -> Option<String> {
     let mut parts = raw.trim().split(':');
     let (domain, bus, devfn) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -872,7 +872,7 @@ pub fn normalize_bus_id(raw: &str) -> Option<String> {
 
 /// The MIG profile in an NVML MIG device name: `NVIDIA H100 80GB HBM3 MIG 3g.40gb` → `3g.40gb`,
 /// `NVIDIA A100-SXM4-40GB MIG 1g.5gb+me` → `1g.5gb+me`.
-pub fn mig_profile_from_name(name: &str) -> Option<&str> {
+fn mig_profile_from_name(name: &str) -> Option<&str> {
     let profile = match name.rsplit_once(" MIG ") {
         Some((_, profile)) => profile,
         None => name.strip_prefix("MIG ")?,
@@ -882,12 +882,12 @@ pub fn mig_profile_from_name(name: &str) -> Option<&str> {
 }
 
 /// `nvmlSystemGetCudaDriverVersion` as `major.minor`: 12080 → `12.8`, 13000 → `13.0`.
-pub fn cuda_version_string(version: i32) -> Option<String> {
+fn cuda_version_string(version: i32) -> Option<String> {
     (version > 0).then(|| format!("{}.{}", version / 1000, (version % 1000) / 10))
 }
 
 /// The content of a sysfs `numa_node` file: `-1` (no affinity) or garbage → `None`.
-pub fn parse_numa_node(text: &str) -> Option<u32> {
+fn parse_numa_node(text: &str) -> Option<u32> {
     text.trim()
         .parse::<i64>()
         .ok()
@@ -895,7 +895,7 @@ pub fn parse_numa_node(text: &str) -> Option<u32> {
 }
 
 /// NUMA node of PCI device `bus_id` from `<pci_devices>/<bus_id>/numa_node`.
-pub fn read_numa_node(pci_devices: &Path, bus_id: &str) -> Option<u32> {
+fn read_numa_node(pci_devices: &Path, bus_id: &str) -> Option<u32> {
     let path = pci_devices.join(bus_id).join("numa_node");
     match std::fs::read_to_string(&path) {
         Ok(text) => parse_numa_node(&text),
@@ -909,10 +909,10 @@ pub fn read_numa_node(pci_devices: &Path, bus_id: &str) -> Option<u32> {
 /// The NVLinks of one GPU: its index, its bus id, and the remote bus id of each active link
 /// (`None` when unreadable). Bus ids are normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkProbe {
-    pub index: u32,
-    pub bus_id: Option<String>,
-    pub remotes: Vec<Option<String>>,
+struct LinkProbe {
+    index: u32,
+    bus_id: Option<String>,
+    remotes: Vec<Option<String>>,
 }
 
 /// Peer GPU index → link count for each probed GPU.
@@ -922,7 +922,7 @@ pub struct LinkProbe {
 /// links and no direct GPU link are connected pairwise with `min` of their switch link counts
 /// (see the module doc). `extra_gpus` are (index, bus id) of GPUs that were not probed (lost),
 /// so that links to them still count as GPU links rather than switch links.
-pub fn nvlink_peers(
+fn nvlink_peers(
     probes: &[LinkProbe],
     extra_gpus: &[(u32, String)],
 ) -> BTreeMap<u32, BTreeMap<u32, u32>> {
@@ -960,7 +960,7 @@ pub fn nvlink_peers(
 
 /// The MIG device of GPU `gpu_uuid` with GPU instance `gi` (and compute instance `ci`, unless
 /// the event did not scope one).
-pub fn mig_uuid_for(inventory: &Inventory, gpu_uuid: &str, gi: u32, ci: u32) -> Option<String> {
+fn mig_uuid_for(inventory: &Inventory, gpu_uuid: &str, gi: u32, ci: u32) -> Option<String> {
     let gpu = inventory.gpu_by_uuid(gpu_uuid)?;
     gpu.mig_devices
         .iter()
