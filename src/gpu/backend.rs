@@ -41,6 +41,16 @@ pub enum BackendError {
         #[source]
         source: std::io::Error,
     },
+    /// A backend's watcher thread could not be started.
+    #[error(
+        "cannot start the {thread} thread: {source}. The process is out of threads or memory; \
+         check the container's pids and memory limits"
+    )]
+    WatchThread {
+        thread: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// The mock fixture is invalid; every problem is listed with its field path.
     #[error("invalid mock fixture {path}:\n{}", .errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     FixtureInvalid {

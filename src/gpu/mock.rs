@@ -206,9 +206,9 @@ impl GpuBackend for MockBackend {
                     }
                 }
             })
-            .map_err(|e| BackendError::FixtureRead {
-                path: PathBuf::from("<watch thread>"),
-                source: e,
+            .map_err(|source| BackendError::WatchThread {
+                thread: "mock-fixture-watch",
+                source,
             })?;
         Ok(())
     }

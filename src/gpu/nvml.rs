@@ -287,9 +287,9 @@ impl GpuBackend for NvmlBackend {
         std::thread::Builder::new()
             .name("nvml-events".into())
             .spawn(move || self.run_watcher(&events))
-            .map_err(|e| BackendError::Nvml {
-                call: "spawn nvml-events thread".into(),
-                reason: e.to_string(),
+            .map_err(|source| BackendError::WatchThread {
+                thread: "nvml-events",
+                source,
             })?;
         Ok(())
     }
