@@ -25,12 +25,7 @@ impl MockBackend {
     /// Read `fixture`, or use the built-in node when `None`.
     pub fn open(fixture: Option<PathBuf>) -> Result<Self, BackendError> {
         let state = match &fixture {
-            None => {
-                fixture::parse(DEFAULT_FIXTURE).map_err(|errors| BackendError::FixtureInvalid {
-                    path: "<built-in>".into(),
-                    errors,
-                })?
-            }
+            None => parse_fixture(DEFAULT_FIXTURE, "<built-in>")?,
             Some(path) => read_fixture(path)?,
         };
         Ok(Self {
@@ -41,13 +36,9 @@ impl MockBackend {
 
     /// Build a backend from fixture text (tests, benches).
     pub fn from_text(text: &str) -> Result<Self, BackendError> {
-        let state = fixture::parse(text).map_err(|errors| BackendError::FixtureInvalid {
-            path: "<text>".into(),
-            errors,
-        })?;
         Ok(Self {
             path: None,
-            state: Mutex::new(state),
+            state: Mutex::new(parse_fixture(text, "<text>")?),
         })
     }
 
@@ -85,8 +76,13 @@ fn read_fixture(path: &PathBuf) -> Result<Fixture, BackendError> {
         path: path.clone(),
         source,
     })?;
-    fixture::parse(&text).map_err(|errors| BackendError::FixtureInvalid {
-        path: path.display().to_string(),
+    parse_fixture(&text, &path.display().to_string())
+}
+
+/// Parse fixture text; `origin` (a path, `<built-in>`) names it in the error.
+fn parse_fixture(text: &str, origin: &str) -> Result<Fixture, BackendError> {
+    fixture::parse(text).map_err(|errors| BackendError::FixtureInvalid {
+        path: origin.to_string(),
         errors,
     })
 }
