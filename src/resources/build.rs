@@ -96,15 +96,10 @@ impl Unit<'_> {
     }
 
     fn health(&self, health: &HealthState) -> Health {
-        let healthy = match self.mig {
+        Health::from_healthy(match self.mig {
             Some(m) => health.mig_healthy(&self.gpu.uuid, &m.uuid),
             None => health.gpu_healthy(&self.gpu.uuid),
-        };
-        if healthy {
-            Health::Healthy
-        } else {
-            Health::Unhealthy
-        }
+        })
     }
 }
 
