@@ -55,29 +55,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
             _ => return Err(err(input, "unknown unit (use ns, us, ms, s, m or h)")),
         };
         rest = &rest[unit_len..];
-        // Integer arithmetic, so that whole values stay exact at any size (f64 is off by
-        // hundreds of nanoseconds past ~100 days); a fraction is truncated to the nanosecond.
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if fraction.contains('.') || (whole.is_empty() && fraction.is_empty()) {
-            return Err(err(input, "invalid number"));
-        }
-        let whole: u128 = if whole.is_empty() {
-            0
-        } else {
-            whole
-                .parse()
-                .map_err(|_| err(input, "duration too large"))?
-        };
-        let mut nanos = whole
-            .checked_mul(nanos_per_unit)
-            .ok_or_else(|| err(input, "duration too large"))?;
-        if !fraction.is_empty() {
-            let digits = fraction.len().min(18);
-            let fraction: u128 = fraction[..digits]
-                .parse()
-                .map_err(|_| err(input, "invalid number"))?;
-            nanos += fraction * nanos_per_unit / 10u128.pow(digits as u32);
-        }
+        // A fraction is truncated to the nanosecond.
+        let nanos =
+            scale(number, nanos_per_unit, false).map_err(|e| e.at(input, "duration too large"))?;
         total_nanos = total_nanos
             .checked_add(nanos)
             .ok_or_else(|| err(input, "duration too large"))?;
@@ -150,30 +130,57 @@ pub fn parse_quantity(input: &str) -> Result<u64, UnitError> {
             ))
         }
     };
+    let bytes = scale(number, multiplier, true).map_err(|e| e.at(input, "quantity too large"))?;
+    u64::try_from(bytes).map_err(|_| err(input, "quantity too large"))
+}
+
+/// Why [`scale`] failed.
+enum ScaleError {
+    Invalid,
+    TooLarge,
+}
+
+impl ScaleError {
+    /// The error for `input`; `too_large` says what was too large.
+    fn at(self, input: &str, too_large: &'static str) -> UnitError {
+        match self {
+            ScaleError::Invalid => err(input, "invalid number"),
+            ScaleError::TooLarge => err(input, too_large),
+        }
+    }
+}
+
+/// `number` (ASCII digits with at most one `.`: `3`, `1.5`, `.5`, `2.`) times `unit`, in integer
+/// arithmetic so that whole values stay exact at any size (f64 is off by hundreds of nanoseconds
+/// past ~100 days). The fraction counts to its first 18 digits and is truncated, or with
+/// `round_up` rounded up, to a whole unit of the result.
+fn scale(number: &str, unit: u128, round_up: bool) -> Result<u128, ScaleError> {
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if fraction.contains('.') || (whole.is_empty() && fraction.is_empty()) {
-        return Err(err(input, "invalid number"));
+        return Err(ScaleError::Invalid);
     }
     let whole: u128 = if whole.is_empty() {
         0
     } else {
-        whole.parse().map_err(|_| err(input, "number too large"))?
+        // Only digits: parsing fails only past u128.
+        whole.parse().map_err(|_| ScaleError::TooLarge)?
     };
-    let mut bytes = whole
-        .checked_mul(multiplier)
-        .ok_or_else(|| err(input, "quantity too large"))?;
+    let mut total = whole.checked_mul(unit).ok_or(ScaleError::TooLarge)?;
     if !fraction.is_empty() {
-        let digits = fraction.len().min(18) as u32;
-        let fraction: u128 = fraction[..digits as usize]
+        let digits = fraction.len().min(18);
+        let fraction: u128 = fraction[..digits]
             .parse()
-            .map_err(|_| err(input, "invalid number"))?;
-        let scale = 10u128.pow(digits);
-        let part = fraction
-            .checked_mul(multiplier)
-            .ok_or_else(|| err(input, "quantity too large"))?;
-        bytes += part.div_ceil(scale);
+            .map_err(|_| ScaleError::Invalid)?;
+        let scaled = fraction.checked_mul(unit).ok_or(ScaleError::TooLarge)?;
+        let divisor = 10u128.pow(digits as u32);
+        let part = if round_up {
+            scaled.div_ceil(divisor)
+        } else {
+            scaled / divisor
+        };
+        total = total.checked_add(part).ok_or(ScaleError::TooLarge)?;
     }
-    u64::try_from(bytes).map_err(|_| err(input, "quantity too large"))
+    Ok(total)
 }
 
 /// Bytes in one GiB.
@@ -211,6 +218,12 @@ mod tests {
         for bad in [".s", "99999999999999999999999999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
         }
+        // A whole part just below u128::MAX units plus a fraction used to overflow the sum.
+        let near_max_us = format!("{}.999us", u128::MAX / 1000);
+        assert_eq!(
+            parse_duration(&near_max_us).unwrap_err().message,
+            "duration too large"
+        );
         for d in ["0s", "250ms", "1m30s", "2h", "1h0m5s"] {
             let parsed = parse_duration(d).unwrap();
             assert_eq!(parse_duration(&format_duration(parsed)).unwrap(), parsed);
@@ -238,5 +251,11 @@ mod tests {
         ] {
             assert!(parse_quantity(bad).is_err(), "{bad:?} should fail");
         }
+        // u128::MAX bytes plus half a byte rounded up used to wrap to 0 in release builds.
+        let near_max = format!("{}.5", u128::MAX);
+        assert_eq!(
+            parse_quantity(&near_max).unwrap_err().message,
+            "quantity too large"
+        );
     }
 }

@@ -71,13 +71,6 @@ pub struct DeviceEntry {
 pub fn document(view: &NodeView) -> ListDocument {
     let s = &view.snapshot;
     let health = &s.health;
-    let state = |healthy: bool| {
-        if healthy {
-            Health::Healthy
-        } else {
-            Health::Unhealthy
-        }
-    };
     ListDocument {
         node: view.node.clone(),
         backend: view.backend.name().to_string(),
@@ -95,7 +88,7 @@ pub fn document(view: &NodeView) -> ListDocument {
                 numa_node: g.numa_node,
                 pci_bus_id: g.pci_bus_id.clone(),
                 mig_enabled: g.mig_enabled,
-                health: state(health.gpu_healthy(&g.uuid)),
+                health: Health::from_healthy(health.gpu_healthy(&g.uuid)),
                 mig_devices: g
                     .mig_devices
                     .iter()
@@ -104,7 +97,7 @@ pub fn document(view: &NodeView) -> ListDocument {
                         profile: m.profile.clone(),
                         gpu_instance_id: m.gpu_instance_id,
                         memory_mib: m.memory_mib,
-                        health: state(health.mig_healthy(&g.uuid, &m.uuid)),
+                        health: Health::from_healthy(health.mig_healthy(&g.uuid, &m.uuid)),
                     })
                     .collect(),
                 nvlinks: g.nvlinks.clone(),

@@ -6,10 +6,10 @@
 //! These structs only ever see a document that `schema` has already checked and cleaned, so
 //! deserializing it does not fail on the first problem; `deny_unknown_fields` stays as a safety
 //! net. A list element that `schema` found unusable is `null` here and reads as `None`.
-
-// Fields NVIDIA's schema defines but gpu-agent has no use for (mpsRoot, gfd, imex, …) are parsed so
-// that an NVIDIA config is accepted unchanged, and otherwise ignored.
-#![allow(dead_code)]
+//!
+//! Fields NVIDIA's schema defines but gpu-agent has no use for (`mpsRoot`, `gfd`, `imex`, …) are
+//! parsed so that an NVIDIA config is accepted unchanged, and otherwise ignored: those, and only
+//! those, carry `#[allow(dead_code)]`.
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -27,6 +27,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub sharing: Sharing,
     #[serde(default)]
+    #[allow(dead_code)]
     pub imex: Option<Value>,
     #[serde(default)]
     pub health: Health,
@@ -40,15 +41,21 @@ pub struct ConfigFile {
 pub struct Flags {
     pub mig_strategy: Option<String>,
     pub fail_on_init_error: Option<bool>,
+    #[allow(dead_code)]
     pub mps_root: Option<String>,
     pub nvidia_driver_root: Option<String>,
     pub nvidia_dev_root: Option<String>,
+    #[allow(dead_code)]
     pub gds_enabled: Option<bool>,
+    #[allow(dead_code)]
     pub mofed_enabled: Option<bool>,
+    #[allow(dead_code)]
     #[serde(rename = "useNodeFeatureAPI")]
     pub use_node_feature_api: Option<bool>,
+    #[allow(dead_code)]
     pub device_discovery_strategy: Option<String>,
     pub plugin: Option<PluginFlags>,
+    #[allow(dead_code)]
     pub gfd: Option<Value>,
 }
 

@@ -165,6 +165,17 @@ pub struct TimeSlicingRule {
     pub devices: DeviceSelector,
 }
 
+impl TimeSlicingRule {
+    /// The resource name the replicas are advertised under.
+    pub fn advertised(&self, rename_by_default: bool) -> String {
+        match &self.rename {
+            Some(name) => name.clone(),
+            None if rename_by_default => crate::resources::names::shared_default(&self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
 /// A vGPU entry: cut each selected GPU into fixed memory slices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -178,6 +189,15 @@ pub struct VgpuRule {
     /// SM share handed to the container (`CUDA_DEVICE_SM_LIMIT`), 1..=100.
     pub compute_percent: Option<u32>,
     pub devices: DeviceSelector,
+}
+
+impl VgpuRule {
+    /// The resource name the slices are advertised under.
+    pub fn advertised(&self) -> String {
+        self.rename
+            .clone()
+            .unwrap_or_else(|| crate::resources::names::vgpu_default(&self.name))
+    }
 }
 
 /// How shared devices (replicas, vGPU slices) are picked for a multi-device request.

@@ -8,6 +8,7 @@ use serde_yaml_ng::Value;
 use super::file::{self, ConfigFile};
 use super::schema::short;
 use super::*;
+use crate::resources::names;
 
 /// Most replicas per device: keeps the advertised list (and the kubelet's checkpoint) bounded.
 pub const MAX_REPLICAS: i64 = 1024;
@@ -239,7 +240,7 @@ pub fn valid_resource_name(name: &str) -> bool {
 
 /// The source resources a sharing entry may name.
 fn sharable_source(name: &str, allow_mig: bool) -> bool {
-    name == "nvidia.com/gpu"
+    name == names::GPU
         || (allow_mig && name.starts_with("nvidia.com/mig-") && valid_resource_name(name))
 }
 
@@ -414,13 +415,7 @@ fn sharing_overlaps(positions: &Positions, config: &Config, errors: &mut Errors)
         .iter()
         .zip(&positions.time_slicing)
     {
-        let advertised = r.rename.clone().unwrap_or_else(|| {
-            if rename_by_default {
-                format!("{}.shared", r.name)
-            } else {
-                r.name.clone()
-            }
-        });
+        let advertised = r.advertised(rename_by_default);
         entries.push(Entry {
             path: format!("sharing.timeSlicing.resources[{i}]"),
             source: &r.name,
@@ -430,10 +425,7 @@ fn sharing_overlaps(positions: &Positions, config: &Config, errors: &mut Errors)
         });
     }
     for (r, &i) in config.vgpu.iter().zip(&positions.vgpu) {
-        let advertised = r
-            .rename
-            .clone()
-            .unwrap_or_else(|| format!("{}.vgpu", r.name));
+        let advertised = r.advertised();
         entries.push(Entry {
             path: format!("sharing.vgpu.resources[{i}]"),
             source: &r.name,
@@ -468,9 +460,7 @@ fn sharing_overlaps(positions: &Positions, config: &Config, errors: &mut Errors)
     }
     let sources: BTreeSet<&str> = entries.iter().map(|e| e.source).collect();
     for e in &entries {
-        if e.renamed
-            && (sources.contains(e.advertised.as_str()) || e.advertised == "nvidia.com/gpu")
-        {
+        if e.renamed && (sources.contains(e.advertised.as_str()) || e.advertised == names::GPU) {
             errors.push(
                 format!("{}.rename", e.path),
                 format!(

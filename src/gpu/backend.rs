@@ -20,16 +20,6 @@ pub enum BackendKind {
     Mock,
 }
 
-impl BackendKind {
-    /// The name shown in `list` (`auto` resolves to `nvml`).
-    pub fn resolved_name(self) -> &'static str {
-        match self {
-            BackendKind::Auto | BackendKind::Nvml => "nvml",
-            BackendKind::Mock => "mock",
-        }
-    }
-}
-
 /// Why a backend could not be opened or read.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -48,6 +38,16 @@ pub enum BackendError {
     #[error("cannot read mock fixture {path}: {source}")]
     FixtureRead {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A backend's watcher thread could not be started.
+    #[error(
+        "cannot start the {thread} thread: {source}. The process is out of threads or memory; \
+         check the container's pids and memory limits"
+    )]
+    WatchThread {
+        thread: &'static str,
         #[source]
         source: std::io::Error,
     },

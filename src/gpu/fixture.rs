@@ -225,7 +225,6 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
         };
 
         if let Some(mig) = entry.mig {
-            let mig_path = format!("{path}.mig.devices");
             match model_spec {
                 None => errors.push(FixtureError::new(
                     format!("{path}.mig"),
@@ -236,52 +235,14 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
                     ),
                 )),
                 Some(spec) => {
-                    let names: Vec<&str> =
-                        mig.devices.iter().map(MigDeviceEntry::profile).collect();
-                    match spec.place(&names) {
-                        Err(e) => errors.push(FixtureError::new(mig_path, e.to_string())),
-                        Ok(placements) => {
-                            for (i, (device, placement)) in
-                                mig.devices.iter().zip(placements).enumerate()
-                            {
-                                let mig_uuid = mock_mig_uuid(&uuid, placement.gpu_instance_id);
-                                let memory = placement.profile.memory_mib;
-                                let (used, xids) = match device {
-                                    MigDeviceEntry::Name(_) => (0, Vec::new()),
-                                    MigDeviceEntry::Detailed(d) => {
-                                        (d.memory_used_mib.unwrap_or(0), d.xids.clone())
-                                    }
-                                };
-                                if used > memory {
-                                    errors.push(FixtureError::new(
-                                        format!("{mig_path}[{i}].memoryUsedMiB"),
-                                        format!(
-                                            "must be <= the profile's {memory} MiB, got {used}"
-                                        ),
-                                    ));
-                                }
-                                fixture.telemetry.insert(
-                                    mig_uuid.clone(),
-                                    DeviceTelemetry {
-                                        memory_used_mib: Some(used),
-                                        memory_total_mib: Some(memory),
-                                        ..DeviceTelemetry::default()
-                                    },
-                                );
-                                if !xids.is_empty() {
-                                    fixture.mig_xids.insert(mig_uuid.clone(), xids);
-                                }
-                                gpu.mig_devices.push(MigDevice {
-                                    uuid: mig_uuid,
-                                    profile: placement.profile.name.to_string(),
-                                    gpu_instance_id: placement.gpu_instance_id,
-                                    compute_instance_id: 0,
-                                    memory_mib: memory,
-                                    index: i as u32,
-                                });
-                            }
-                        }
-                    }
+                    gpu.mig_devices = mig_devices(
+                        &format!("{path}.mig.devices"),
+                        &uuid,
+                        spec,
+                        mig.devices,
+                        &mut fixture,
+                        &mut errors,
+                    )
                 }
             }
         }
@@ -318,6 +279,61 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
     } else {
         Err(errors)
     }
+}
+
+/// The MIG devices of the GPU `gpu_uuid`, placed on `spec` as listed at `path`
+/// (`gpus[i].mig.devices`); their telemetry and XIDs go into `fixture`, problems into `errors`.
+fn mig_devices(
+    path: &str,
+    gpu_uuid: &str,
+    spec: &mig_profiles::ModelSpec,
+    devices: Vec<MigDeviceEntry>,
+    fixture: &mut Fixture,
+    errors: &mut Vec<FixtureError>,
+) -> Vec<MigDevice> {
+    let names: Vec<&str> = devices.iter().map(MigDeviceEntry::profile).collect();
+    let placements = match spec.place(&names) {
+        Ok(placements) => placements,
+        Err(e) => {
+            errors.push(FixtureError::new(path, e.to_string()));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::with_capacity(devices.len());
+    for (i, (device, placement)) in devices.into_iter().zip(placements).enumerate() {
+        let uuid = mock_mig_uuid(gpu_uuid, placement.gpu_instance_id);
+        let memory = placement.profile.memory_mib;
+        let (used, xids) = match device {
+            MigDeviceEntry::Name(_) => (0, Vec::new()),
+            MigDeviceEntry::Detailed(d) => (d.memory_used_mib.unwrap_or(0), d.xids),
+        };
+        if used > memory {
+            errors.push(FixtureError::new(
+                format!("{path}[{i}].memoryUsedMiB"),
+                format!("must be <= the profile's {memory} MiB, got {used}"),
+            ));
+        }
+        fixture.telemetry.insert(
+            uuid.clone(),
+            DeviceTelemetry {
+                memory_used_mib: Some(used),
+                memory_total_mib: Some(memory),
+                ..DeviceTelemetry::default()
+            },
+        );
+        if !xids.is_empty() {
+            fixture.mig_xids.insert(uuid.clone(), xids);
+        }
+        out.push(MigDevice {
+            uuid,
+            profile: placement.profile.name.to_string(),
+            gpu_instance_id: placement.gpu_instance_id,
+            compute_instance_id: 0,
+            memory_mib: memory,
+            index: i as u32,
+        });
+    }
+    out
 }
 
 fn check_telemetry(
@@ -441,7 +457,7 @@ gpus:
 "#;
         let f = parse(text).unwrap();
         let gpus = &f.inventory.gpus;
-        assert_eq!(gpus[1].nvlinks_to(0), 4);
+        assert_eq!(gpus[1].nvlinks.get(&0), Some(&4));
         assert_eq!(f.gpu_xids[&gpus[0].uuid], vec![43]);
         assert!(f.lost.contains(&gpus[0].uuid));
         let t = &f.telemetry[&gpus[1].uuid];

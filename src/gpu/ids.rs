@@ -19,7 +19,7 @@ fn mix(mut z: u64) -> u64 {
 }
 
 /// A UUID-shaped string `<prefix>-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` derived from `key`.
-pub fn deterministic_uuid(prefix: &str, key: &str) -> String {
+fn deterministic_uuid(prefix: &str, key: &str) -> String {
     let hi = mix(fnv1a(0x5bd1_e995, key.as_bytes()));
     let lo = mix(fnv1a(0x9e37_79b9_7f4a_7c15, key.as_bytes()));
     let hex = format!("{hi:016x}{lo:016x}");

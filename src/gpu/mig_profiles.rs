@@ -222,8 +222,10 @@ const H200: &[ProfileSpec] = &[
 ];
 
 /// H200 NVL: no lgip was found. The profile names appear in real MIG device names and
-/// mig-parted groups the model with H200, so every row is copied from H200 (total 143771 MiB on
-/// driver 580.126.20). All ids, sizes and placements here are inferred.
+/// mig-parted groups the model with H200, so it shares the H200 table above: its sizes are the
+/// ones read on the H200 with driver 580.159.04 and follow that table when it changes. Only the
+/// total (143771 MiB on driver 580.126.20) was seen on an H200 NVL; all ids, sizes and
+/// placements are inferred.
 const H200_NVL: &[ProfileSpec] = H200;
 
 /// B200: lgip from mig-parted PR #187 (2025-03) for the first four rows (PR #166, 2025-01,

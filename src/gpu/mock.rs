@@ -25,12 +25,7 @@ impl MockBackend {
     /// Read `fixture`, or use the built-in node when `None`.
     pub fn open(fixture: Option<PathBuf>) -> Result<Self, BackendError> {
         let state = match &fixture {
-            None => {
-                fixture::parse(DEFAULT_FIXTURE).map_err(|errors| BackendError::FixtureInvalid {
-                    path: "<built-in>".into(),
-                    errors,
-                })?
-            }
+            None => parse_fixture(DEFAULT_FIXTURE, "<built-in>")?,
             Some(path) => read_fixture(path)?,
         };
         Ok(Self {
@@ -41,13 +36,9 @@ impl MockBackend {
 
     /// Build a backend from fixture text (tests, benches).
     pub fn from_text(text: &str) -> Result<Self, BackendError> {
-        let state = fixture::parse(text).map_err(|errors| BackendError::FixtureInvalid {
-            path: "<text>".into(),
-            errors,
-        })?;
         Ok(Self {
             path: None,
-            state: Mutex::new(state),
+            state: Mutex::new(parse_fixture(text, "<text>")?),
         })
     }
 
@@ -57,7 +48,9 @@ impl MockBackend {
         f(&guard)
     }
 
-    /// Apply a newly read fixture: publish what changed, then keep it as the current state.
+    /// Apply a newly read fixture: publish what changed, then keep it as the current state. Any
+    /// change of the inventory is published, versions and node name included (a fixture edit is
+    /// deliberate, unlike an NVML read that failed once).
     fn apply(&self, new: Fixture, events: &BackendEvents) {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let old = std::mem::replace(&mut *guard, new);
@@ -66,7 +59,7 @@ impl MockBackend {
             // Fails only when the agent is stopping.
             let _ = events.health.send(event);
         }
-        if !old.inventory.same_layout(&new.inventory) || old.inventory != new.inventory {
+        if old.inventory != new.inventory {
             tracing::info!(
                 gpus = new.inventory.gpus.len(),
                 "mock fixture layout changed"
@@ -83,8 +76,13 @@ fn read_fixture(path: &PathBuf) -> Result<Fixture, BackendError> {
         path: path.clone(),
         source,
     })?;
-    fixture::parse(&text).map_err(|errors| BackendError::FixtureInvalid {
-        path: path.display().to_string(),
+    parse_fixture(&text, &path.display().to_string())
+}
+
+/// Parse fixture text; `origin` (a path, `<built-in>`) names it in the error.
+fn parse_fixture(text: &str, origin: &str) -> Result<Fixture, BackendError> {
+    fixture::parse(text).map_err(|errors| BackendError::FixtureInvalid {
+        path: origin.to_string(),
         errors,
     })
 }
@@ -99,7 +97,7 @@ fn new_xids<'a>(old: Option<&Vec<u64>>, new: Option<&'a Vec<u64>>) -> &'a [u64] 
 }
 
 /// Health events implied by going from `old` to `new`: XIDs appended since, GPUs lost or back.
-pub fn health_changes(old: &Fixture, new: &Fixture) -> Vec<HealthEvent> {
+fn health_changes(old: &Fixture, new: &Fixture) -> Vec<HealthEvent> {
     let mut events = Vec::new();
     for gpu in &new.inventory.gpus {
         for &xid in new_xids(old.gpu_xids.get(&gpu.uuid), new.gpu_xids.get(&gpu.uuid)) {
@@ -204,9 +202,9 @@ impl GpuBackend for MockBackend {
                     }
                 }
             })
-            .map_err(|e| BackendError::FixtureRead {
-                path: PathBuf::from("<watch thread>"),
-                source: e,
+            .map_err(|source| BackendError::WatchThread {
+                thread: "mock-fixture-watch",
+                source,
             })?;
         Ok(())
     }

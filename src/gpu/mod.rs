@@ -25,7 +25,9 @@ pub struct Inventory {
     pub node: Option<String>,
     /// Kernel driver version, e.g. `580.95.05`.
     pub driver_version: Option<String>,
-    /// CUDA driver API version, e.g. `12.8` (used for the `cuda.driver-version.full` label).
+    /// CUDA version the driver supports (`nvmlSystemGetCudaDriverVersion`), e.g. `12.8`. Feeds the
+    /// `cuda.runtime-version.*` labels; the `cuda.driver-version.*` ones come from
+    /// `driver_version`.
     pub cuda_driver_version: Option<String>,
     /// Physical GPUs in index order.
     pub gpus: Vec<Gpu>,
@@ -42,8 +44,9 @@ impl Inventory {
         self.gpus.iter().find(|g| g.index == index)
     }
 
-    /// True when the device layout (GPUs, MIG devices, topology) differs; telemetry-only changes
-    /// are not layout changes.
+    /// True when both have the same device layout (GPUs, MIG devices, topology). The versions and
+    /// the node name are not part of it, so a driver version that could not be read on one pass
+    /// does not count as a re-partition.
     pub fn same_layout(&self, other: &Inventory) -> bool {
         self.gpus == other.gpus
     }
@@ -73,18 +76,6 @@ pub struct Gpu {
     pub mig_devices: Vec<MigDevice>,
     /// Peer GPU index → number of NVLinks to it. Pairs absent here talk over PCIe.
     pub nvlinks: BTreeMap<u32, u32>,
-}
-
-impl Gpu {
-    /// `/dev/nvidiaN` for this GPU.
-    pub fn device_node(&self) -> String {
-        format!("/dev/nvidia{}", self.minor_number)
-    }
-
-    /// NVLink count to `peer`, 0 over PCIe.
-    pub fn nvlinks_to(&self, peer: u32) -> u32 {
-        self.nvlinks.get(&peer).copied().unwrap_or(0)
-    }
 }
 
 /// One MIG device (a GPU instance with its compute instance).

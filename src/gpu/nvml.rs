@@ -25,12 +25,13 @@ use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::{nvml_sym, nvml_try, NvmlError};
 use nvml_wrapper::{Device, EventSet, Nvml};
 use nvml_wrapper_sys::bindings::{
-    nvmlDevice_t, nvmlEventData_t, NVML_DEVICE_MIG_ENABLE, NVML_NVLINK_MAX_LINKS,
+    nvmlDevice_t, nvmlEventData_t, nvmlReturn_t, NVML_DEVICE_MIG_ENABLE, NVML_NVLINK_MAX_LINKS,
 };
 use tracing::{debug, info, warn};
 
 use super::backend::{BackendError, BackendEvents, GpuBackend};
 use super::{DeviceTelemetry, Gpu, HealthEvent, Inventory, MigDevice, Telemetry};
+use crate::health::policy::XID_FALLEN_OFF_BUS;
 
 /// Library names tried in order. Nodes normally ship only the versioned soname (the unversioned
 /// `libnvidia-ml.so` comes with the dev package), so it goes first; the second is the fallback
@@ -41,9 +42,6 @@ const NVML_LIBRARIES: [&str; 2] = ["libnvidia-ml.so.1", "libnvidia-ml.so"];
 const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
 
 const MIB: u64 = 1024 * 1024;
-
-/// XID 79: "GPU has fallen off the bus".
-const XID_FALLEN_OFF_BUS: u64 = 79;
 
 /// `gpuInstanceId` / `computeInstanceId` of an event that is not scoped to a MIG instance.
 const NO_INSTANCE: u32 = 0xFFFF_FFFF;
@@ -289,9 +287,9 @@ impl GpuBackend for NvmlBackend {
         std::thread::Builder::new()
             .name("nvml-events".into())
             .spawn(move || self.run_watcher(&events))
-            .map_err(|e| BackendError::Nvml {
-                call: "spawn nvml-events thread".into(),
-                reason: e.to_string(),
+            .map_err(|source| BackendError::WatchThread {
+                thread: "nvml-events",
+                source,
             })?;
         Ok(())
     }
@@ -467,23 +465,32 @@ fn read_mig_device(mig: &Device<'_>, index: u32, parent_uuid: &str) -> Option<Mi
     })
 }
 
+/// The C signature of NVML's MIG instance id getters.
+type InstanceIdGetter = unsafe extern "C" fn(nvmlDevice_t, *mut u32) -> nvmlReturn_t;
+
+/// Call `getter` (a symbol of the library `mig` was opened with) on the MIG device `mig`.
+fn instance_id(mig: &Device<'_>, getter: &InstanceIdGetter) -> Result<u32, NvmlError> {
+    let mut id: u32 = 0;
+    // SAFETY: `getter` comes from the loaded NVML library with its C signature; the handle is a
+    // live NVML device handle (it borrows the `Nvml` it came from) and `id` is a valid out pointer.
+    nvml_try(unsafe { getter(mig.handle(), &mut id) })?;
+    Ok(id)
+}
+
 /// `nvmlDeviceGetGpuInstanceId` of a MIG device handle (nvml-wrapper 0.13 has no wrapper).
 fn gpu_instance_id(mig: &Device<'_>) -> Result<u32, NvmlError> {
-    let sym = nvml_sym(mig.nvml().lib().nvmlDeviceGetGpuInstanceId.as_ref())?;
-    let mut id: u32 = 0;
-    // SAFETY: `sym` comes from the loaded NVML library with its C signature; the handle is a live
-    // NVML device handle (it borrows the `Nvml` it came from) and `id` is a valid out pointer.
-    nvml_try(unsafe { sym(mig.handle(), &mut id) })?;
-    Ok(id)
+    instance_id(
+        mig,
+        nvml_sym(mig.nvml().lib().nvmlDeviceGetGpuInstanceId.as_ref())?,
+    )
 }
 
 /// `nvmlDeviceGetComputeInstanceId` of a MIG device handle (nvml-wrapper 0.13 has no wrapper).
 fn compute_instance_id(mig: &Device<'_>) -> Result<u32, NvmlError> {
-    let sym = nvml_sym(mig.nvml().lib().nvmlDeviceGetComputeInstanceId.as_ref())?;
-    let mut id: u32 = 0;
-    // SAFETY: as in `gpu_instance_id`.
-    nvml_try(unsafe { sym(mig.handle(), &mut id) })?;
-    Ok(id)
+    instance_id(
+        mig,
+        nvml_sym(mig.nvml().lib().nvmlDeviceGetComputeInstanceId.as_ref())?,
+    )
 }
 
 /// The normalised remote bus id of each active NVLink (`None` when NVML cannot tell).
@@ -844,7 +851,7 @@ fn event_gpu_uuid(nvml: &Nvml, event: &RawEvent, registered: &[Registered]) -> O
 /// NVML's bus id (`00000000:18:00.0`, upper-case hex, 8-digit domain) in the Linux sysfs form
 /// `dddd:bb:dd.f` (lower-case; the domain keeps at least 4 digits, more only when it needs them,
 /// as Linux prints it for VMD domains). `None` when the text is not a bus id.
-pub fn normalize_bus_id(raw: &str) -> Option<String> {
+fn normalize_bus_id(raw: &str) -> Option<String> {
     let mut parts = raw.trim().split(':');
     let (domain, bus, devfn) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -865,7 +872,7 @@ pub fn normalize_bus_id(raw: &str) -> Option<String> {
 
 /// The MIG profile in an NVML MIG device name: `NVIDIA H100 80GB HBM3 MIG 3g.40gb` → `3g.40gb`,
 /// `NVIDIA A100-SXM4-40GB MIG 1g.5gb+me` → `1g.5gb+me`.
-pub fn mig_profile_from_name(name: &str) -> Option<&str> {
+fn mig_profile_from_name(name: &str) -> Option<&str> {
     let profile = match name.rsplit_once(" MIG ") {
         Some((_, profile)) => profile,
         None => name.strip_prefix("MIG ")?,
@@ -875,12 +882,12 @@ pub fn mig_profile_from_name(name: &str) -> Option<&str> {
 }
 
 /// `nvmlSystemGetCudaDriverVersion` as `major.minor`: 12080 → `12.8`, 13000 → `13.0`.
-pub fn cuda_version_string(version: i32) -> Option<String> {
+fn cuda_version_string(version: i32) -> Option<String> {
     (version > 0).then(|| format!("{}.{}", version / 1000, (version % 1000) / 10))
 }
 
 /// The content of a sysfs `numa_node` file: `-1` (no affinity) or garbage → `None`.
-pub fn parse_numa_node(text: &str) -> Option<u32> {
+fn parse_numa_node(text: &str) -> Option<u32> {
     text.trim()
         .parse::<i64>()
         .ok()
@@ -888,7 +895,7 @@ pub fn parse_numa_node(text: &str) -> Option<u32> {
 }
 
 /// NUMA node of PCI device `bus_id` from `<pci_devices>/<bus_id>/numa_node`.
-pub fn read_numa_node(pci_devices: &Path, bus_id: &str) -> Option<u32> {
+fn read_numa_node(pci_devices: &Path, bus_id: &str) -> Option<u32> {
     let path = pci_devices.join(bus_id).join("numa_node");
     match std::fs::read_to_string(&path) {
         Ok(text) => parse_numa_node(&text),
@@ -902,10 +909,10 @@ pub fn read_numa_node(pci_devices: &Path, bus_id: &str) -> Option<u32> {
 /// The NVLinks of one GPU: its index, its bus id, and the remote bus id of each active link
 /// (`None` when unreadable). Bus ids are normalised.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkProbe {
-    pub index: u32,
-    pub bus_id: Option<String>,
-    pub remotes: Vec<Option<String>>,
+struct LinkProbe {
+    index: u32,
+    bus_id: Option<String>,
+    remotes: Vec<Option<String>>,
 }
 
 /// Peer GPU index → link count for each probed GPU.
@@ -915,7 +922,7 @@ pub struct LinkProbe {
 /// links and no direct GPU link are connected pairwise with `min` of their switch link counts
 /// (see the module doc). `extra_gpus` are (index, bus id) of GPUs that were not probed (lost),
 /// so that links to them still count as GPU links rather than switch links.
-pub fn nvlink_peers(
+fn nvlink_peers(
     probes: &[LinkProbe],
     extra_gpus: &[(u32, String)],
 ) -> BTreeMap<u32, BTreeMap<u32, u32>> {
@@ -953,7 +960,7 @@ pub fn nvlink_peers(
 
 /// The MIG device of GPU `gpu_uuid` with GPU instance `gi` (and compute instance `ci`, unless
 /// the event did not scope one).
-pub fn mig_uuid_for(inventory: &Inventory, gpu_uuid: &str, gi: u32, ci: u32) -> Option<String> {
+fn mig_uuid_for(inventory: &Inventory, gpu_uuid: &str, gi: u32, ci: u32) -> Option<String> {
     let gpu = inventory.gpu_by_uuid(gpu_uuid)?;
     gpu.mig_devices
         .iter()

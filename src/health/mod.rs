@@ -55,7 +55,7 @@ impl HealthState {
             self.gpus.insert(
                 uuid,
                 Unhealthy {
-                    reason: "GPU lost (fell off the bus)".into(),
+                    reason: policy::Cause::Lost.reason(),
                 },
             );
         }

@@ -158,14 +158,6 @@ pub enum Cause {
 }
 
 impl Cause {
-    /// The XID, when the cause is one.
-    pub fn xid(self) -> Option<u64> {
-        match self {
-            Cause::Xid(xid) => Some(xid),
-            _ => None,
-        }
-    }
-
     /// Human-readable reason, e.g. `XID 79 (GPU has fallen off the bus)`.
     pub fn reason(self) -> String {
         match self {

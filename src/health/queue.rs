@@ -57,24 +57,14 @@ impl Pending {
                 gpu_uuid,
                 mig_uuid,
                 xid,
-            } => {
-                let key = (gpu_uuid, mig_uuid, xid);
-                if let Some(count) = self.xids.get_mut(&key) {
-                    *count = count.saturating_add(1);
-                } else if full {
-                    self.overflow += 1;
-                } else {
-                    self.xids.insert(key, 1);
-                }
-            }
+            } => count(
+                &mut self.xids,
+                (gpu_uuid, mig_uuid, xid),
+                full,
+                &mut self.overflow,
+            ),
             HealthEvent::DoubleBitEcc { gpu_uuid } => {
-                if let Some(count) = self.ecc.get_mut(&gpu_uuid) {
-                    *count = count.saturating_add(1);
-                } else if full {
-                    self.overflow += 1;
-                } else {
-                    self.ecc.insert(gpu_uuid, 1);
-                }
+                count(&mut self.ecc, gpu_uuid, full, &mut self.overflow)
             }
             HealthEvent::Lost { gpu_uuid } => self.presence(gpu_uuid, true, full),
             HealthEvent::Found { gpu_uuid } => self.presence(gpu_uuid, false, full),
@@ -118,6 +108,18 @@ impl Pending {
             events,
             overflow: pending.overflow,
         }
+    }
+}
+
+/// One more occurrence of `key`; a key not yet pending counts as `overflow` when the mailbox is
+/// `full`.
+fn count<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, full: bool, overflow: &mut u64) {
+    if let Some(count) = map.get_mut(&key) {
+        *count = count.saturating_add(1);
+    } else if full {
+        *overflow += 1;
+    } else {
+        map.insert(key, 1);
     }
 }
 

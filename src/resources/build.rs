@@ -96,15 +96,10 @@ impl Unit<'_> {
     }
 
     fn health(&self, health: &HealthState) -> Health {
-        let healthy = match self.mig {
+        Health::from_healthy(match self.mig {
             Some(m) => health.mig_healthy(&self.gpu.uuid, &m.uuid),
             None => health.gpu_healthy(&self.gpu.uuid),
-        };
-        if healthy {
-            Health::Healthy
-        } else {
-            Health::Unhealthy
-        }
+        })
     }
 }
 
@@ -423,15 +418,10 @@ fn single_strategy_problems(inventory: &Inventory) -> Vec<String> {
 fn rules(config: &Config) -> Vec<Rule<'_>> {
     let mut out = Vec::new();
     for (i, r) in config.time_slicing.resources.iter().enumerate() {
-        let advertised = match &r.rename {
-            Some(name) => name.clone(),
-            None if config.time_slicing.rename_by_default => names::shared_default(&r.name),
-            None => r.name.clone(),
-        };
         out.push(Rule {
             path: format!("sharing.timeSlicing.resources[{i}]"),
             source: &r.name,
-            advertised,
+            advertised: r.advertised(config.time_slicing.rename_by_default),
             devices: &r.devices,
             kind: RuleKind::TimeSliced {
                 replicas: r.replicas,
@@ -442,10 +432,7 @@ fn rules(config: &Config) -> Vec<Rule<'_>> {
         out.push(Rule {
             path: format!("sharing.vgpu.resources[{i}]"),
             source: &r.name,
-            advertised: r
-                .rename
-                .clone()
-                .unwrap_or_else(|| names::vgpu_default(&r.name)),
+            advertised: r.advertised(),
             devices: &r.devices,
             kind: RuleKind::Vgpu {
                 memory_mib: r.memory_mib,

@@ -49,6 +49,15 @@ pub enum Health {
 }
 
 impl Health {
+    /// `Healthy` when `healthy`, else `Unhealthy`.
+    pub fn from_healthy(healthy: bool) -> Self {
+        if healthy {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        }
+    }
+
     /// The kubelet's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
