@@ -496,14 +496,6 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the agent binds it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A free TCP address on 127.0.0.1 (bound then released; the agent binds it right after).
 pub fn free_addr() -> String {
     std::net::TcpListener::bind("127.0.0.1:0")
