@@ -141,13 +141,19 @@ async fn re_registers_when_the_kubelet_comes_back_after_a_while() {
     let (mut kubelet, agent, _) = start_registered(dir.path(), &[]).await;
 
     kubelet.stop().await;
-    // Long enough for several failed attempts and a grown back-off.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Away for several failed attempts, so that the back-off has grown (100 ms doubling: after
+    // the fifth failure the agent would wait 1.6 s).
+    let away = Instant::now();
+    eventually("five failed registration attempts", || {
+        agent.logs().matches("kubelet not reachable").count() >= 5
+    })
+    .await;
+    let away = away.elapsed();
     kubelet.serve();
     let back = Instant::now();
     let reg = kubelet.next_registration_from_current().await;
     let took = back.elapsed();
-    eprintln!("kubelet back after 2 s away -> re-registered in {took:?}");
+    eprintln!("kubelet back after {away:?} away -> re-registered in {took:?}");
     assert_eq!(reg.resource_name, "nvidia.com/gpu");
     assert!(took < REREGISTER_BOUND, "took {took:?}");
     assert_serves_eight_gpus(&kubelet).await;
