@@ -3,14 +3,8 @@
 
 mod common;
 
-use common::run_cli;
+use common::{arg, list_json_text, list_mock, run_cli, write_file};
 use serde_json::Value;
-
-fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
 
 #[test]
 fn version_prints_name_and_semver() {
@@ -25,7 +19,7 @@ fn version_prints_name_and_semver() {
 #[test]
 fn list_json_has_the_spec_shape() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = write(
+    let fixture = write_file(
         dir.path(),
         "fixture.yaml",
         r#"
@@ -39,19 +33,9 @@ gpus:
   - {model: NVIDIA H100 80GB HBM3}
 "#,
     );
-    let config = write(dir.path(), "config.yaml", "flags: {migStrategy: mixed}\n");
-    let (code, out, err) = run_cli(&[
-        "list",
-        "--backend",
-        "mock",
-        "--mock-fixture",
-        &fixture,
-        "--config",
-        &config,
-        "--output",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let config = write_file(dir.path(), "config.yaml", "flags: {migStrategy: mixed}\n");
+    let args = ["--mock-fixture", arg(&fixture), "--config", arg(&config)];
+    let out = list_json_text(&args);
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["node"], "n1");
     assert_eq!(doc["backend"], "mock");
@@ -100,23 +84,12 @@ gpus:
     assert_eq!(small["devices"][0]["gpus"][0], gpu["uuid"]);
 
     // The same fixture gives the same IDs every time.
-    let (_, again, _) = run_cli(&[
-        "list",
-        "--backend",
-        "mock",
-        "--mock-fixture",
-        &fixture,
-        "--config",
-        &config,
-        "--output",
-        "json",
-    ]);
-    assert_eq!(out, again);
+    assert_eq!(out, list_json_text(&args));
 }
 
 #[test]
 fn list_table_on_the_builtin_node() {
-    let (code, out, err) = run_cli(&["list", "--backend", "mock", "--node-name", "demo"]);
+    let (code, out, err) = list_mock(&["--node-name", "demo"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("Node demo (backend mock"), "{out}");
     assert_eq!(out.matches("NVIDIA H100 80GB HBM3").count(), 8, "{out}");
@@ -126,12 +99,12 @@ fn list_table_on_the_builtin_node() {
 #[test]
 fn invalid_fixture_exits_2_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = write(
+    let fixture = write_file(
         dir.path(),
         "fixture.yaml",
         "gpus: [{model: NVIDIA H100 80GB HBM3, mig: {devices: [4g.40gb, 4g.40gb]}}]\n",
     );
-    let (code, _, err) = run_cli(&["list", "--backend", "mock", "--mock-fixture", &fixture]);
+    let (code, _, err) = list_mock(&["--mock-fixture", arg(&fixture)]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("gpus[0].mig.devices"), "{err}");
     assert!(err.contains("4g.40gb"), "{err}");
@@ -140,22 +113,22 @@ fn invalid_fixture_exits_2_naming_the_field() {
 #[test]
 fn check_config_ok_and_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let good = write(
+    let good = write_file(
         dir.path(),
         "good.yaml",
         "version: v1\nsharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}\n",
     );
-    let (code, out, err) = run_cli(&["check-config", &good]);
+    let (code, out, err) = run_cli(&["check-config", arg(&good)]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("valid"), "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
 
-    let bad = write(
+    let bad = write_file(
         dir.path(),
         "bad.yaml",
         "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 1}]}}\nflags: {migStrategy: weird}\n",
     );
-    let (code, _, err) = run_cli(&["check-config", &bad]);
+    let (code, _, err) = run_cli(&["check-config", arg(&bad)]);
     assert_eq!(code, 2);
     assert!(
         err.contains("sharing.timeSlicing.resources[0].replicas: must be >= 2, got 1"),
@@ -175,7 +148,7 @@ fn check_config_ok_and_errors() {
 fn nvml_missing_is_fatal_with_advice_unless_fail_on_init_error_is_false() {
     // This machine has no NVIDIA driver; on a GPU machine the backend opens and the test has
     // nothing to check.
-    let (code, out, err) = run_cli(&["list", "--backend", "nvml", "--output", "json"]);
+    let (code, _, err) = run_cli(&["list", "--backend", "nvml", "--output", "json"]);
     if code == 0 && err.is_empty() {
         return;
     }
@@ -183,7 +156,7 @@ fn nvml_missing_is_fatal_with_advice_unless_fail_on_init_error_is_false() {
     assert!(err.contains("--backend mock"), "{err}");
     assert!(err.contains("NVML"), "{err}");
 
-    let (code, out2, err) = run_cli(&[
+    let (code, out, err) = run_cli(&[
         "list",
         "--backend",
         "nvml",
@@ -192,45 +165,32 @@ fn nvml_missing_is_fatal_with_advice_unless_fail_on_init_error_is_false() {
         "json",
     ]);
     assert_eq!(code, 0, "{err}");
-    let doc: Value = serde_json::from_str(&out2).unwrap();
+    let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["gpus"].as_array().unwrap().len(), 0);
     assert_eq!(doc["resources"].as_array().unwrap().len(), 0);
     assert!(err.contains("no GPU resources"), "{err}");
-    let _ = out;
 }
 
 #[test]
 fn mig_single_with_mixed_profiles_exits_1_naming_mig_and_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = write(
+    let fixture = write_file(
         dir.path(),
         "fixture.yaml",
         "gpus: [{model: NVIDIA H100 80GB HBM3, mig: {devices: [3g.40gb, 1g.10gb]}}]\n",
     );
-    let (code, _, err) = run_cli(&[
-        "list",
-        "--backend",
-        "mock",
-        "--mock-fixture",
-        &fixture,
-        "--mig-strategy",
-        "single",
-    ]);
+    let single = ["--mock-fixture", arg(&fixture), "--mig-strategy", "single"];
+    let (code, _, err) = list_mock(&single);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("MIG") && err.contains("on GPU 0"), "{err}");
 
-    let (code, out, err) = run_cli(&[
-        "list",
-        "--backend",
-        "mock",
-        "--mock-fixture",
-        &fixture,
-        "--mig-strategy",
-        "single",
-        "--fail-on-init-error=false",
-        "--output",
-        "json",
-    ]);
+    let (code, out, err) = list_mock(
+        &[
+            &single[..],
+            &["--fail-on-init-error=false", "--output", "json"],
+        ]
+        .concat(),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("MIG"), "{err}");
     let doc: Value = serde_json::from_str(&out).unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::run_cli;
+use common::{arg, list_json, list_mock, run_cli, write_file};
 
 fn example(name: &str) -> String {
     format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -14,19 +14,13 @@ fn example(name: &str) -> String {
 #[test]
 fn list_shows_exclusive_time_sliced_mig_and_vgpu_side_by_side() {
     let (fixture, config) = (example("mixed-node.yaml"), example("sharing.yaml"));
-    let (code, stdout, stderr) = run_cli(&[
-        "list",
-        "--backend",
-        "mock",
+    let args = [
         "--mock-fixture",
-        &fixture,
+        fixture.as_str(),
         "--config",
-        &config,
-        "--output",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        config.as_str(),
+    ];
+    let doc = list_json(&args);
     let gpus: Vec<&str> = doc["gpus"]
         .as_array()
         .unwrap()
@@ -73,15 +67,7 @@ fn list_shows_exclusive_time_sliced_mig_and_vgpu_side_by_side() {
     assert_eq!(devices["nvidia.com/mig-1g.10gb"].len(), 2);
 
     // The table says the same.
-    let (code, table, stderr) = run_cli(&[
-        "list",
-        "--backend",
-        "mock",
-        "--mock-fixture",
-        &fixture,
-        "--config",
-        &config,
-    ]);
+    let (code, table, stderr) = list_mock(&args);
     assert_eq!(code, 0, "{stderr}");
     for strategy in ["exclusive", "time-sliced", "mig", "vgpu"] {
         assert!(table.contains(strategy), "{table}");
@@ -98,13 +84,12 @@ fn example_config_passes_check_config() {
 #[test]
 fn check_config_prints_every_error_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
+    let path = write_file(
+        dir.path(),
+        "bad.yaml",
         "version: v1\nflags: {foo: 1, migStrategy: lots}\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: many}\n      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.b, replicas: 1, devices: [0]}\n",
-    )
-    .unwrap();
-    let (code, stdout, stderr) = run_cli(&["check-config", path.to_str().unwrap()]);
+    );
+    let (code, stdout, stderr) = run_cli(&["check-config", arg(&path)]);
     assert_eq!(code, 2, "{stdout}");
     for line in [
         "flags.foo: unknown field, expected one of",

@@ -11,23 +11,18 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gpu_agent::proto::v1beta1::{
-    device_plugin_client::DevicePluginClient, AllocateRequest, ContainerAllocateRequest,
-    ContainerPreferredAllocationRequest, ListAndWatchResponse, PreferredAllocationRequest,
-};
-use tonic::transport::Channel;
+use gpu_agent::proto::v1beta1::ListAndWatchResponse;
 use tonic::Streaming;
 
 /// The value of the unlabelled counter `name` in a scrape of `addr` (None: no answer or absent).
 fn counter(addr: &str, name: &str) -> Option<f64> {
-    let (status, body) = http_get(addr, "/metrics")?;
-    if status != 200 {
-        return None;
-    }
-    body.lines()
+    scrape(addr)?
+        .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
@@ -44,20 +39,6 @@ async fn assert_quiet(stream: &mut Streaming<ListAndWatchResponse>, window: Dura
     }
 }
 
-async fn allocate(
-    plugin: &mut DevicePluginClient<Channel>,
-    ids: &[&str],
-) -> Result<(), tonic::Status> {
-    plugin
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: ids.iter().map(|s| s.to_string()).collect(),
-            }],
-        })
-        .await
-        .map(|_| ())
-}
-
 /// Something done to the config file.
 type Fault = dyn Fn(&Path);
 
@@ -65,32 +46,18 @@ const REPLICAS_2: &str =
     "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 2}\n";
 const REPLICAS_3: &str =
     "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 3}\n";
+const REPLICAS_4: &str =
+    "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n";
 
 #[tokio::test]
 async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, REPLICAS_2).unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(
-        dir.path(),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--metrics-addr",
-            &addr,
-        ],
-    );
-    let reg = kubelet.next_registration().await;
-    let mut plugin = kubelet.plugin(&reg.endpoint).await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    let ids: Vec<String> = next_list(&mut stream)
-        .await
-        .devices
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let config = write_file(dir.path(), "config.yaml", REPLICAS_2);
+    let addr = free_addr();
+    let args = ["--config", arg(&config), "--metrics-addr", &addr];
+    let (kubelet, agent, reg) = start_registered(dir.path(), &args).await;
+    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    let ids = plugin.ids();
     assert_eq!(ids.len(), 16, "8 GPUs x 2 replicas");
     assert!(ids[0].ends_with("::0"), "{ids:?}");
 
@@ -119,8 +86,9 @@ async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
         )
         .await;
         seen = failures(&addr).unwrap();
-        assert_quiet(&mut stream, Duration::from_millis(700), what).await;
-        allocate(&mut plugin, &[&ids[0], &ids[1]])
+        assert_quiet(&mut plugin.stream, Duration::from_millis(700), what).await;
+        plugin
+            .allocate(&ids[0..2])
             .await
             .unwrap_or_else(|s| panic!("Allocate after the config was {what}: {s}"));
     }
@@ -132,7 +100,7 @@ async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
     // A good config afterwards is applied on the same stream: the watcher survived it all.
     let reloads = counter(&addr, "gpu_agent_config_reloads_total").unwrap();
     replace_file(&config, REPLICAS_3);
-    assert_eq!(next_list(&mut stream).await.devices.len(), 24);
+    assert_eq!(plugin.next().await.len(), 24);
     eventually("the reload counter", || {
         counter(&addr, "gpu_agent_config_reloads_total").is_some_and(|n| n > reloads)
     })
@@ -154,33 +122,12 @@ fn four_gpus(lost: Option<usize>) -> String {
 #[tokio::test]
 async fn a_gpu_lost_during_allocations_is_refused_by_id_and_the_rest_keeps_working() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = dir.path().join("fixture.yaml");
-    std::fs::write(&fixture, four_gpus(None)).unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n",
-    )
-    .unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let _agent = Agent::spawn(
-        dir.path(),
-        &[
-            "--mock-fixture",
-            fixture.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    );
-    let reg = kubelet.next_registration().await;
-    let mut plugin = kubelet.plugin(&reg.endpoint).await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    let ids: Vec<String> = next_list(&mut stream)
-        .await
-        .devices
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let fixture = write_file(dir.path(), "fixture.yaml", &four_gpus(None));
+    let config = write_file(dir.path(), "config.yaml", REPLICAS_4);
+    let args = ["--mock-fixture", arg(&fixture), "--config", arg(&config)];
+    let (kubelet, _agent, reg) = start_registered(dir.path(), &args).await;
+    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    let ids = plugin.ids();
     assert_eq!(ids.len(), 16);
     let lost_gpu = gpu_agent::gpu::fixture::parse(&four_gpus(None))
         .unwrap()
@@ -198,11 +145,14 @@ async fn a_gpu_lost_during_allocations_is_refused_by_id_and_the_rest_keeps_worki
     // Allocations in flight on their own connection while the GPU is lost: each one either
     // succeeds or is refused with InvalidArgument naming a replica of the lost GPU.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let ok = Arc::new(AtomicU32::new(0));
+    let refused = Arc::new(AtomicU32::new(0));
     let mut busy = kubelet.plugin(&reg.endpoint).await;
     let all = ids.clone();
     let lost_ids = on_lost.clone();
+    let (ok_count, refused_count) = (ok.clone(), refused.clone());
     let allocator = tokio::spawn(async move {
-        let (mut ok, mut refused, mut i) = (0u32, 0u32, 0usize);
+        let mut i = 0usize;
         while !*stop_rx.borrow_and_update() {
             // One, then two devices per request, walking every replica.
             let request: Vec<&str> = (0..1 + i % 2)
@@ -210,7 +160,7 @@ async fn a_gpu_lost_during_allocations_is_refused_by_id_and_the_rest_keeps_worki
                 .collect();
             i += 1;
             match allocate(&mut busy, &request).await {
-                Ok(()) => ok += 1,
+                Ok(_) => ok_count.fetch_add(1, Ordering::SeqCst),
                 Err(status) => {
                     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
                     let named = request
@@ -227,49 +177,35 @@ async fn a_gpu_lost_during_allocations_is_refused_by_id_and_the_rest_keeps_worki
                         "refused a healthy device: {}",
                         status.message()
                     );
-                    refused += 1;
+                    refused_count.fetch_add(1, Ordering::SeqCst)
                 }
-            }
+            };
         }
-        (ok, refused)
     });
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Allocations succeed before the loss, and are refused once the agent has seen it (a panic
+    // in the allocator ends the wait early; joining it below reports the panic).
+    eventually("an allocation before the GPU is lost", || {
+        ok.load(Ordering::SeqCst) > 0 || allocator.is_finished()
+    })
+    .await;
     replace_file(&fixture, &four_gpus(Some(2)));
-    let update = next_list(&mut stream).await;
-    let unhealthy: BTreeSet<String> = update
-        .devices
-        .iter()
-        .filter(|d| d.health != "Healthy")
-        .map(|d| d.id.clone())
-        .collect();
-    assert_eq!(unhealthy, on_lost);
-    // Let the allocator run past the change for a while, then stop it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop_tx.send(true).unwrap();
-    let (ok, refused) = allocator.await.expect("allocator task");
+    assert_eq!(unhealthy(plugin.next().await), on_lost);
+    eventually("an allocation refused after the GPU is lost", || {
+        refused.load(Ordering::SeqCst) > 0 || allocator.is_finished()
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    allocator.await.expect("allocator task");
+    let (ok, refused) = (ok.load(Ordering::SeqCst), refused.load(Ordering::SeqCst));
     assert!(ok > 0 && refused > 0, "ok {ok}, refused {refused}");
 
-    // Now, one by one: the lost GPU's replicas are refused naming the ID, the others work.
-    for id in &ids {
-        let result = allocate(&mut plugin, &[id]).await;
-        if on_lost.contains(id) {
-            let status = result.expect_err("a replica of the lost GPU was allocated");
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-            assert!(
-                status.message().contains(id.as_str()),
-                "{}",
-                status.message()
-            );
-        } else {
-            result.unwrap_or_else(|s| panic!("healthy {id} refused: {s}"));
-        }
-    }
+    // Now, one by one: the lost GPU's replicas are refused as unhealthy, naming the ID; the
+    // others work.
+    plugin.assert_allocatable(&ids, &on_lost).await;
     // A request mixing a healthy replica with a lost one names the lost one.
     let lost_one = on_lost.iter().next().unwrap();
-    let status = allocate(&mut plugin, &[&ids[0], lost_one])
-        .await
-        .unwrap_err();
+    let status = plugin.allocate(&[&ids[0], lost_one]).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(
         status.message().contains(lost_one.as_str()),
@@ -279,18 +215,7 @@ async fn a_gpu_lost_during_allocations_is_refused_by_id_and_the_rest_keeps_worki
 
     // Preferred allocation still answers, even when the kubelet still offers the lost replicas
     // (its own view may lag), and never picks them.
-    let preferred = plugin
-        .get_preferred_allocation(PreferredAllocationRequest {
-            container_requests: vec![ContainerPreferredAllocationRequest {
-                available_device_i_ds: ids.clone(),
-                must_include_device_i_ds: Vec::new(),
-                allocation_size: 4,
-            }],
-        })
-        .await
-        .expect("GetPreferredAllocation with a GPU lost")
-        .into_inner();
-    let chosen = &preferred.container_responses[0].device_i_ds;
+    let chosen = plugin.preferred(&ids, &[], 4).await;
     assert_eq!(chosen.len(), 4, "{chosen:?}");
     assert!(chosen.iter().all(|id| !on_lost.contains(id)), "{chosen:?}");
 }

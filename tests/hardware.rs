@@ -29,18 +29,7 @@ fn device_series(exposition: &str) -> BTreeMap<String, f64> {
 
 #[test]
 fn mock_reproduces_the_real_list() {
-    let (code, out, err) = run_cli(&[
-        "list",
-        "--backend",
-        "mock",
-        "--mock-fixture",
-        FIXTURE,
-        "--node-name",
-        "vm",
-        "--output",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let out = list_json_text(&["--mock-fixture", FIXTURE, "--node-name", "vm"]);
     let mock: serde_json::Value = serde_json::from_str(&out).unwrap();
     let real: serde_json::Value = serde_json::from_str(&data("list.json")).unwrap();
     assert_eq!(real["backend"], "nvml");
@@ -52,33 +41,28 @@ fn mock_reproduces_the_real_list() {
 #[tokio::test]
 async fn mock_reproduces_the_real_scrape_and_labels() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = free_addr();
     let features = dir.path().join("features");
-    let features_arg = features.to_string_lossy().into_owned();
-    let _agent = Agent::spawn(
-        dir.path(),
-        &[
-            "--mock-fixture",
-            FIXTURE,
-            "--node-name",
-            "vm",
-            "--metrics-addr",
-            &addr,
-            "--nfd-features-file",
-            &features_arg,
-            "--collect-interval",
-            "200ms",
-        ],
-    );
-    kubelet.next_registration().await;
+    let args = [
+        "--mock-fixture",
+        FIXTURE,
+        "--node-name",
+        "vm",
+        "--metrics-addr",
+        &addr,
+        "--nfd-features-file",
+        arg(&features),
+        "--collect-interval",
+        "200ms",
+    ];
+    let (_kubelet, _agent, _) = start_registered(dir.path(), &args).await;
 
     let real = device_series(&data("metrics.prom"));
     assert!(real.len() >= 9, "{real:?}");
     let mut mock = BTreeMap::new();
     eventually("the device series", || {
-        mock = http_get(&addr, "/metrics")
-            .map(|(_, body)| device_series(&body))
+        mock = scrape(&addr)
+            .map(|body| device_series(&body))
             .unwrap_or_default();
         mock.len() >= real.len()
     })

@@ -11,17 +11,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use gpu_agent::proto::v1beta1::{
-    device_plugin_client::DevicePluginClient, AllocateRequest, ContainerAllocateRequest,
-    ContainerPreferredAllocationRequest, Device, ListAndWatchResponse, PreferredAllocationRequest,
-};
-use tonic::transport::Channel;
-use tonic::Streaming;
 
 /// Fixture write → ListAndWatch update. The mock polls every 200 ms; the rest is milliseconds.
 const UPDATE_BOUND: Duration = Duration::from_secs(5);
 
 const H100: &str = "NVIDIA H100 80GB HBM3";
+const GPU: &str = "nvidia.com/gpu";
+
+/// The health task's debug line for every XID it reads (`XID ... xid=N ...`), for tests that must
+/// know the agent has read a fixture edit that changes no device's health.
+const DEBUG_XIDS: (&str, &str) = ("RUST_LOG", "info,gpu_agent::health::watcher=debug");
+
+/// Wait until the agent (started with [`DEBUG_XIDS`]) has read every XID in `xids`.
+async fn wait_for_xids(agent: &Agent, xids: &[u64]) {
+    eventually("the agent to read the XIDs", || {
+        let logs = agent.logs();
+        xids.iter().all(|x| logs.contains(&format!(" xid={x} ")))
+    })
+    .await;
+}
 
 #[derive(Debug, Clone, Default)]
 struct GpuSpec {
@@ -81,9 +89,7 @@ impl Node {
 
     /// Replace the fixture atomically (write + rename), as a ConfigMap update does.
     fn write(&self) -> Instant {
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, self.yaml()).unwrap();
-        std::fs::rename(&tmp, &self.path).unwrap();
+        replace_file(&self.path, &self.yaml());
         Instant::now()
     }
 
@@ -103,90 +109,6 @@ impl Node {
     }
 }
 
-fn write_config(dir: &Path, text: &str) -> String {
-    let path = dir.join("config.yaml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
-/// One resource as the test kubelet sees it.
-struct Plugin {
-    client: DevicePluginClient<Channel>,
-    stream: Streaming<ListAndWatchResponse>,
-    devices: Vec<Device>,
-}
-
-impl Plugin {
-    async fn open(kubelet: &TestKubelet, endpoint: &str) -> Self {
-        let mut client = kubelet.plugin(endpoint).await;
-        let mut stream = list_and_watch(&mut client).await;
-        let devices = next_list(&mut stream).await.devices;
-        Self {
-            client,
-            stream,
-            devices,
-        }
-    }
-
-    /// The next ListAndWatch message.
-    async fn next(&mut self) -> &[Device] {
-        self.devices = next_list(&mut self.stream).await.devices;
-        &self.devices
-    }
-
-    /// Messages until `pred` holds for one.
-    async fn until(&mut self, what: &str, pred: impl Fn(&[Device]) -> bool) -> &[Device] {
-        let deadline = Instant::now() + WAIT;
-        while !pred(&self.devices) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            self.next().await;
-        }
-        &self.devices
-    }
-
-    fn ids(&self) -> Vec<String> {
-        self.devices.iter().map(|d| d.id.clone()).collect()
-    }
-
-    async fn allocate(&mut self, id: &str) -> Result<(), tonic::Status> {
-        self.client
-            .allocate(AllocateRequest {
-                container_requests: vec![ContainerAllocateRequest {
-                    devices_ids: vec![id.to_string()],
-                }],
-            })
-            .await
-            .map(|_| ())
-    }
-
-    /// Allocate succeeds exactly for the healthy IDs among `ids`.
-    async fn assert_allocatable(&mut self, ids: &[String], unhealthy: &BTreeSet<String>) {
-        for id in ids {
-            let result = self.allocate(id).await;
-            if unhealthy.contains(id) {
-                let status = result.expect_err("an unhealthy device was allocated");
-                assert_eq!(status.code(), tonic::Code::InvalidArgument, "{id}");
-                assert!(
-                    status.message().contains("unhealthy")
-                        && status.message().contains(id.as_str()),
-                    "{}",
-                    status.message()
-                );
-            } else {
-                result.unwrap_or_else(|s| panic!("healthy {id} refused: {s}"));
-            }
-        }
-    }
-}
-
-fn unhealthy(devices: &[Device]) -> BTreeSet<String> {
-    devices
-        .iter()
-        .filter(|d| d.health != "Healthy")
-        .map(|d| d.id.clone())
-        .collect()
-}
-
 fn set<I: IntoIterator<Item = S>, S: Into<String>>(items: I) -> BTreeSet<String> {
     items.into_iter().map(Into::into).collect()
 }
@@ -201,34 +123,44 @@ fn report(what: &str, since: Instant) -> Duration {
     elapsed
 }
 
-/// Start the agent on `node` (and `config`), wait for `resources` to register; endpoints by
-/// resource name.
+/// Start the agent on `node` (with `config` and `env`), wait for every resource in `resources`
+/// to register, and open each, in that order.
 async fn start(
     dir: &Path,
     node: &Node,
     config: Option<&str>,
     env: &[(&str, &str)],
-    resources: usize,
-) -> (
-    TestKubelet,
-    Agent,
-    std::collections::BTreeMap<String, String>,
-) {
-    let kubelet = TestKubelet::start(dir).await;
-    let fixture = node.path.display().to_string();
-    let config_path = config.map(|c| write_config(dir, c));
-    let mut args = vec!["--mock-fixture", fixture.as_str()];
-    if let Some(path) = &config_path {
-        args.extend(["--config", path.as_str()]);
+    resources: &[&str],
+) -> (TestKubelet, Agent, Vec<Plugin>) {
+    let mut kubelet = TestKubelet::start(dir).await;
+    let config = config.map(|text| write_file(dir, "config.yaml", text));
+    let mut args = vec!["--mock-fixture", arg(&node.path)];
+    if let Some(path) = &config {
+        args.extend(["--config", arg(path)]);
     }
     let agent = Agent::spawn_with_env(dir, &args, env);
-    let mut kubelet = kubelet;
-    let mut endpoints = std::collections::BTreeMap::new();
-    while endpoints.len() < resources {
-        let reg = kubelet.next_registration().await;
-        endpoints.insert(reg.resource_name, reg.endpoint);
+    let registrations = kubelet.registrations_until(resources).await;
+    let mut plugins = Vec::new();
+    for name in resources {
+        let reg = registrations
+            .iter()
+            .find(|r| r.resource_name == *name)
+            .expect("registered");
+        plugins.push(Plugin::open(&kubelet, &reg.endpoint).await);
     }
-    (kubelet, agent, endpoints)
+    (kubelet, agent, plugins)
+}
+
+/// [`start`] with one resource, `resource`.
+async fn start_one(
+    dir: &Path,
+    node: &Node,
+    config: Option<&str>,
+    env: &[(&str, &str)],
+    resource: &str,
+) -> (TestKubelet, Agent, Plugin) {
+    let (kubelet, agent, mut plugins) = start(dir, node, config, env, &[resource]).await;
+    (kubelet, agent, plugins.remove(0))
 }
 
 fn four_gpus() -> Vec<GpuSpec> {
@@ -239,8 +171,7 @@ fn four_gpus() -> Vec<GpuSpec> {
 async fn an_xid_on_one_gpu_marks_only_that_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::new(dir.path(), four_gpus());
-    let (kubelet, agent, endpoints) = start(dir.path(), &node, None, &[], 1).await;
-    let mut gpu = Plugin::open(&kubelet, &endpoints["nvidia.com/gpu"]).await;
+    let (_kubelet, agent, mut gpu) = start_one(dir.path(), &node, None, &[], GPU).await;
     assert_eq!(gpu.devices.len(), 4);
     assert!(unhealthy(&gpu.devices).is_empty());
 
@@ -268,8 +199,7 @@ async fn an_xid_marks_every_time_sliced_replica_of_its_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::new(dir.path(), four_gpus());
     let config = "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n";
-    let (kubelet, _agent, endpoints) = start(dir.path(), &node, Some(config), &[], 1).await;
-    let mut gpu = Plugin::open(&kubelet, &endpoints["nvidia.com/gpu"]).await;
+    let (_kubelet, _agent, mut gpu) = start_one(dir.path(), &node, Some(config), &[], GPU).await;
     assert_eq!(gpu.devices.len(), 16);
 
     node.gpus[2].xids.push(74);
@@ -289,8 +219,8 @@ async fn an_xid_marks_every_vgpu_slice_of_its_gpu() {
     let mut node = Node::new(dir.path(), four_gpus());
     let config =
         "version: v1\nsharing:\n  vgpu:\n    resources:\n      - {name: nvidia.com/gpu, memoryMiB: 20480}\n";
-    let (kubelet, _agent, endpoints) = start(dir.path(), &node, Some(config), &[], 1).await;
-    let mut vgpu = Plugin::open(&kubelet, &endpoints["nvidia.com/gpu.vgpu"]).await;
+    let (_kubelet, _agent, mut vgpu) =
+        start_one(dir.path(), &node, Some(config), &[], "nvidia.com/gpu.vgpu").await;
     let uuid = node.gpu_uuid(0);
     let slices: BTreeSet<String> = vgpu
         .ids()
@@ -327,17 +257,13 @@ async fn mig_faults_take_the_gpus_instances_or_just_the_instance() {
         ],
     );
     let config = "version: v1\nflags: {migStrategy: mixed}\n";
-    let (kubelet, _agent, endpoints) = start(dir.path(), &node, Some(config), &[], 4).await;
     let names = [
-        "nvidia.com/gpu",
+        GPU,
         "nvidia.com/mig-3g.40gb",
         "nvidia.com/mig-2g.20gb",
         "nvidia.com/mig-1g.10gb",
     ];
-    let mut plugins = Vec::new();
-    for name in names {
-        plugins.push(Plugin::open(&kubelet, &endpoints[name]).await);
-    }
+    let (_kubelet, _agent, mut plugins) = start(dir.path(), &node, Some(config), &[], &names).await;
     let gpu0_migs: BTreeSet<String> = (0..4).map(|m| node.mig_uuid(0, m)).collect();
 
     // A GPU-level XID on GPU 0: all four of its MIG devices, in three resources.
@@ -380,13 +306,13 @@ async fn mig_faults_take_the_gpus_instances_or_just_the_instance() {
 async fn an_ignored_xid_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::new(dir.path(), four_gpus());
-    let (kubelet, agent, endpoints) = start(dir.path(), &node, None, &[], 1).await;
-    let mut gpu = Plugin::open(&kubelet, &endpoints["nvidia.com/gpu"]).await;
+    let (_kubelet, agent, mut gpu) = start_one(dir.path(), &node, None, &[DEBUG_XIDS], GPU).await;
 
-    // Every default-ignored XID on GPU 0, then time for several fixture polls.
-    node.gpus[0].xids.extend([13, 31, 43, 45, 68, 109]);
+    // Every default-ignored XID on GPU 0, read by the agent.
+    let ignored = [13, 31, 43, 45, 68, 109];
+    node.gpus[0].xids.extend(ignored);
     node.write();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for_xids(&agent, &ignored).await;
     // A critical XID on GPU 3: the first update the kubelet sees is this one, so the ignored
     // XIDs produced none, and GPU 0 is still healthy in it.
     node.gpus[3].xids.push(48);
@@ -406,8 +332,7 @@ async fn devices_recover_after_recover_after_but_lost_gpus_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::new(dir.path(), four_gpus());
     let config = "version: v1\nhealth: {recoverAfter: 1s}\n";
-    let (kubelet, agent, endpoints) = start(dir.path(), &node, Some(config), &[], 1).await;
-    let mut gpu = Plugin::open(&kubelet, &endpoints["nvidia.com/gpu"]).await;
+    let (_kubelet, agent, mut gpu) = start_one(dir.path(), &node, Some(config), &[], GPU).await;
 
     node.gpus[0].xids.push(48);
     node.gpus[1].xids.push(79);
@@ -436,8 +361,7 @@ async fn a_lost_gpu_is_unhealthy_and_the_others_keep_working() {
     let mut gpus = four_gpus();
     gpus[3].lost = true; // lost before the agent starts
     let mut node = Node::new(dir.path(), gpus);
-    let (kubelet, _agent, endpoints) = start(dir.path(), &node, None, &[], 1).await;
-    let mut gpu = Plugin::open(&kubelet, &endpoints["nvidia.com/gpu"]).await;
+    let (_kubelet, _agent, mut gpu) = start_one(dir.path(), &node, None, &[], GPU).await;
     assert_eq!(unhealthy(&gpu.devices), set([node.gpu_uuid(3)]));
 
     node.gpus[1].lost = true;
@@ -453,19 +377,7 @@ async fn a_lost_gpu_is_unhealthy_and_the_others_keep_working() {
         .into_iter()
         .filter(|id| !lost.contains(id))
         .collect();
-    let preferred = gpu
-        .client
-        .get_preferred_allocation(PreferredAllocationRequest {
-            container_requests: vec![ContainerPreferredAllocationRequest {
-                available_device_i_ds: available.clone(),
-                must_include_device_i_ds: Vec::new(),
-                allocation_size: 2,
-            }],
-        })
-        .await
-        .expect("GetPreferredAllocation with a lost GPU")
-        .into_inner();
-    let chosen = &preferred.container_responses[0].device_i_ds;
+    let chosen = gpu.preferred(&available, &[], 2).await;
     assert_eq!(chosen.len(), 2);
     assert!(chosen.iter().all(|id| available.contains(id)), "{chosen:?}");
     // Allocate works for the healthy GPUs and refuses the lost ones.
@@ -483,15 +395,14 @@ async fn a_lost_gpu_is_unhealthy_and_the_others_keep_working() {
 async fn dp_disable_healthchecks_all_makes_xids_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::new(dir.path(), four_gpus());
-    let env = [("DP_DISABLE_HEALTHCHECKS", "all")];
-    let (kubelet, agent, endpoints) = start(dir.path(), &node, None, &env, 1).await;
-    let mut gpu = Plugin::open(&kubelet, &endpoints["nvidia.com/gpu"]).await;
+    let env = [("DP_DISABLE_HEALTHCHECKS", "all"), DEBUG_XIDS];
+    let (_kubelet, agent, mut gpu) = start_one(dir.path(), &node, None, &env, GPU).await;
 
     node.gpus[0].xids.push(48);
     node.gpus[1].xids.push(79);
     node.gpus[2].lost = true;
     node.write();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for_xids(&agent, &[48, 79]).await;
     // A layout change (a fifth GPU) forces an update: the first one the kubelet sees, with
     // every device healthy.
     node.gpus.push(GpuSpec::default());
@@ -507,8 +418,7 @@ async fn dp_enable_healthchecks_makes_an_ignored_xid_critical() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::new(dir.path(), four_gpus());
     let env = [("DP_ENABLE_HEALTHCHECKS", "13")];
-    let (kubelet, _agent, endpoints) = start(dir.path(), &node, None, &env, 1).await;
-    let mut gpu = Plugin::open(&kubelet, &endpoints["nvidia.com/gpu"]).await;
+    let (_kubelet, _agent, mut gpu) = start_one(dir.path(), &node, None, &env, GPU).await;
 
     node.gpus[2].xids.push(13);
     let written = node.write();

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use gpu_agent::proto::v1beta1::{
-    AllocateRequest, ContainerAllocateRequest, ContainerPreferredAllocationRequest, Empty,
-    PreStartContainerRequest, PreferredAllocationRequest,
+    AllocateRequest, ContainerAllocateRequest, Empty, PreStartContainerRequest,
 };
 
 const GPU_ENDPOINT: &str = "gpu-agent-nvidia.com_gpu.sock";
@@ -16,10 +15,7 @@ const GPU_ENDPOINT: &str = "gpu-agent-nvidia.com_gpu.sock";
 #[tokio::test]
 async fn registers_lists_and_allocates_whole_gpus() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let _agent = Agent::spawn(dir.path(), &[]);
-
-    let reg = kubelet.next_registration().await;
+    let (kubelet, _agent, reg) = start_registered(dir.path(), &[]).await;
     assert_eq!(reg.version, "v1beta1");
     assert_eq!(reg.resource_name, "nvidia.com/gpu");
     assert_eq!(reg.endpoint, GPU_ENDPOINT);
@@ -72,18 +68,7 @@ async fn registers_lists_and_allocates_whole_gpus() {
         ids[7]
     );
 
-    let preferred = plugin
-        .get_preferred_allocation(PreferredAllocationRequest {
-            container_requests: vec![ContainerPreferredAllocationRequest {
-                available_device_i_ds: ids.clone(),
-                must_include_device_i_ds: vec![ids[5].clone()],
-                allocation_size: 2,
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let chosen = &preferred.container_responses[0].device_i_ds;
+    let chosen = preferred(&mut plugin, &ids, &ids[5..6], 2).await;
     assert_eq!(chosen.len(), 2);
     assert!(chosen.contains(&ids[5]));
     assert!(chosen.iter().all(|id| ids.contains(id)));
@@ -99,19 +84,10 @@ async fn registers_lists_and_allocates_whole_gpus() {
 #[tokio::test]
 async fn unknown_device_ids_are_invalid_argument_naming_the_id() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let _agent = Agent::spawn(dir.path(), &[]);
-    let reg = kubelet.next_registration().await;
+    let (kubelet, _agent, reg) = start_registered(dir.path(), &[]).await;
     let mut plugin = kubelet.plugin(&reg.endpoint).await;
 
-    let status = plugin
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: vec!["GPU-nope".into()],
-            }],
-        })
-        .await
-        .unwrap_err();
+    let status = allocate(&mut plugin, &["GPU-nope"]).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(
         status.message().contains("GPU-nope"),
@@ -126,18 +102,14 @@ async fn unknown_device_ids_are_invalid_argument_naming_the_id() {
 #[tokio::test]
 async fn sigterm_removes_the_socket_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let mut agent = Agent::spawn(dir.path(), &[]);
-    let reg = kubelet.next_registration().await;
-    let mut plugin = kubelet.plugin(&reg.endpoint).await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    next_list(&mut stream).await;
+    let (kubelet, mut agent, reg) = start_registered(dir.path(), &[]).await;
+    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
     let socket = dir.path().join(GPU_ENDPOINT);
     assert!(socket.exists());
 
     agent.signal(libc::SIGTERM);
     // The open stream ends cleanly (status OK, no more messages), not with a broken connection.
-    let end = tokio::time::timeout(WAIT, stream.message())
+    let end = tokio::time::timeout(WAIT, plugin.stream.message())
         .await
         .expect("the ListAndWatch stream stayed open after SIGTERM");
     assert!(
@@ -156,7 +128,10 @@ async fn waits_for_a_kubelet_that_starts_later() {
     let dir = tempfile::tempdir().unwrap();
     let mut kubelet = TestKubelet::absent(dir.path());
     let agent = Agent::spawn(dir.path(), &[]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    eventually("the agent to find no kubelet", || {
+        agent.logs().contains("kubelet not reachable")
+    })
+    .await;
     assert!(kubelet
         .registration_within(Duration::from_millis(10))
         .await
@@ -174,19 +149,16 @@ async fn waits_for_a_kubelet_that_starts_later() {
 #[tokio::test]
 async fn re_registers_after_kubelet_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let _agent = Agent::spawn(dir.path(), &[]);
-    kubelet.next_registration().await;
+    let (mut kubelet, _agent, _) = start_registered(dir.path(), &[]).await;
     // Streams stay open like a kubelet's: a stream the client drops reads as "the kubelet
     // dropped our stream", which itself re-registers, and that extra Register would be taken
     // for the next restart's.
-    let mut streams = Vec::new();
+    let mut plugins = Vec::new();
     for _ in 0..3 {
         kubelet.restart().await;
         let reg = kubelet.next_registration_from_current().await;
-        let mut plugin = kubelet.plugin(&reg.endpoint).await;
-        let mut stream = list_and_watch(&mut plugin).await;
-        assert_eq!(next_list(&mut stream).await.devices.len(), 8);
-        streams.push((plugin, stream));
+        let plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+        assert_eq!(plugin.devices.len(), 8);
+        plugins.push(plugin);
     }
 }

@@ -5,13 +5,14 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
 use gpu_agent::proto::v1beta1::RegisterRequest;
 
 const GPU_SOCK: &str = "gpu-agent-nvidia.com_gpu.sock";
+const SHARED_SOCK: &str = "gpu-agent-nvidia.com_gpu.shared.sock";
 
 fn inode(path: &Path) -> u64 {
     std::fs::metadata(path)
@@ -36,22 +37,27 @@ async fn assert_no_registration_of(
 
 const SHARED_6_7: &str = "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.shared, replicas: 2, devices: [6, 7]}\n";
 
-#[tokio::test]
-async fn config_edits_add_and_remove_resources_and_keep_unchanged_ones() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, SHARED_6_7).unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
+/// The agent on SHARED_6_7 (the config file's path returned, to edit), once nvidia.com/gpu and
+/// nvidia.com/gpu.shared have registered.
+async fn start_shared(dir: &Path) -> (PathBuf, TestKubelet, Agent) {
+    let config = write_file(dir, "config.yaml", SHARED_6_7);
+    let mut kubelet = TestKubelet::start(dir).await;
+    let agent = Agent::spawn(dir, &["--config", arg(&config)]);
     kubelet
         .registrations_until(&["nvidia.com/gpu", "nvidia.com/gpu.shared"])
         .await;
+    (config, kubelet, agent)
+}
+
+#[tokio::test]
+async fn config_edits_add_and_remove_resources_and_keep_unchanged_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mut kubelet, agent) = start_shared(dir.path()).await;
     let gpu_socket = dir.path().join(GPU_SOCK);
-    let shared_socket = dir.path().join("gpu-agent-nvidia.com_gpu.shared.sock");
+    let shared_socket = dir.path().join(SHARED_SOCK);
     let gpu_inode = inode(&gpu_socket);
-    let mut plugin = kubelet.plugin(GPU_SOCK).await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    assert_eq!(next_list(&mut stream).await.devices.len(), 6);
+    let mut gpu = Plugin::open(&kubelet, GPU_SOCK).await;
+    assert_eq!(gpu.devices.len(), 6);
 
     // The same two GPUs move from time-slicing to vGPU: nvidia.com/gpu keeps its six GPUs.
     replace_file(
@@ -69,18 +75,16 @@ async fn config_edits_add_and_remove_resources_and_keep_unchanged_ones() {
         gpu_inode,
         "nvidia.com/gpu was re-served"
     );
-    let mut vgpu = kubelet.plugin("gpu-agent-nvidia.com_vgpu.sock").await;
-    let mut vgpu_stream = list_and_watch(&mut vgpu).await;
-    assert_eq!(next_list(&mut vgpu_stream).await.devices.len(), 4);
+    let mut vgpu = Plugin::open(&kubelet, "gpu-agent-nvidia.com_vgpu.sock").await;
+    assert_eq!(vgpu.devices.len(), 4);
 
     // A change that does touch nvidia.com/gpu arrives on the stream opened before the edits.
     replace_file(
         &config,
         "version: v1\nsharing:\n  vgpu:\n    resources:\n      - {name: nvidia.com/gpu, rename: nvidia.com/vgpu, memoryMiB: 40000, devices: [5, 6, 7]}\n",
     );
-    let update = next_list(&mut stream).await;
-    assert_eq!(update.devices.len(), 5);
-    assert_eq!(next_list(&mut vgpu_stream).await.devices.len(), 6);
+    assert_eq!(gpu.next().await.len(), 5);
+    assert_eq!(vgpu.next().await.len(), 6);
     assert_no_registration_of(&mut kubelet, "nvidia.com/gpu", &[]).await;
     assert_eq!(inode(&gpu_socket), gpu_inode);
     assert!(agent.logs().contains("config applied"), "{}", agent.logs());
@@ -89,18 +93,11 @@ async fn config_edits_add_and_remove_resources_and_keep_unchanged_ones() {
 #[tokio::test]
 async fn invalid_edits_change_nothing_and_sighup_re_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(&config, SHARED_6_7).unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
-    kubelet
-        .registrations_until(&["nvidia.com/gpu", "nvidia.com/gpu.shared"])
-        .await;
-    let shared_socket = dir.path().join("gpu-agent-nvidia.com_gpu.shared.sock");
+    let (config, mut kubelet, agent) = start_shared(dir.path()).await;
+    let shared_socket = dir.path().join(SHARED_SOCK);
     let inodes = (inode(&dir.path().join(GPU_SOCK)), inode(&shared_socket));
-    let mut plugin = kubelet.plugin("gpu-agent-nvidia.com_gpu.shared.sock").await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    assert_eq!(next_list(&mut stream).await.devices.len(), 4);
+    let mut shared = Plugin::open(&kubelet, SHARED_SOCK).await;
+    assert_eq!(shared.devices.len(), 4);
 
     // Two errors at once: both are logged, nothing changes.
     replace_file(
@@ -158,7 +155,7 @@ async fn invalid_edits_change_nothing_and_sighup_re_reads() {
         &config,
         "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.shared, replicas: 3, devices: [6, 7]}\n",
     );
-    assert_eq!(next_list(&mut stream).await.devices.len(), 6);
+    assert_eq!(shared.next().await.len(), 6);
 }
 
 fn mig_fixture(profiles: &str) -> String {
@@ -170,23 +167,16 @@ fn mig_fixture(profiles: &str) -> String {
 #[tokio::test]
 async fn mig_repartition_is_picked_up_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = dir.path().join("node.yaml");
-    std::fs::write(&fixture, mig_fixture("3g.40gb, 3g.40gb")).unwrap();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
+    let fixture = write_file(dir.path(), "node.yaml", &mig_fixture("3g.40gb, 3g.40gb"));
+    let config = write_file(
+        dir.path(),
+        "config.yaml",
         "flags: {migStrategy: mixed, plugin: {deviceListStrategy: [envvar, cdi-cri]}}\n",
-    )
-    .unwrap();
+    );
     let mut kubelet = TestKubelet::start(dir.path()).await;
     let _agent = Agent::spawn(
         dir.path(),
-        &[
-            "--mock-fixture",
-            fixture.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &["--mock-fixture", arg(&fixture), "--config", arg(&config)],
     );
     kubelet
         .registrations_until(&["nvidia.com/gpu", "nvidia.com/mig-3g.40gb"])
@@ -206,16 +196,8 @@ async fn mig_repartition_is_picked_up_without_a_restart() {
     assert_no_registration_of(&mut kubelet, "nvidia.com/gpu", &seen).await;
     assert_eq!(inode(&dir.path().join(GPU_SOCK)), gpu_inode);
 
-    let mut plugin = kubelet
-        .plugin("gpu-agent-nvidia.com_mig-1g.10gb.sock")
-        .await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    let migs: Vec<String> = next_list(&mut stream)
-        .await
-        .devices
-        .into_iter()
-        .map(|d| d.id)
-        .collect();
+    let small = Plugin::open(&kubelet, "gpu-agent-nvidia.com_mig-1g.10gb.sock").await;
+    let migs = small.ids();
     assert_eq!(migs.len(), 7);
 
     // The CDI spec follows the new layout.

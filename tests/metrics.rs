@@ -102,30 +102,14 @@ fn value(samples: &[Sample], name: &str, uuid: &str) -> Option<f64> {
     find(samples, name, ("uuid", uuid)).map(|s| s.2)
 }
 
-fn scrape(addr: &str) -> Option<String> {
-    match http_get(addr, "/metrics") {
-        Some((200, body)) => Some(body),
-        _ => None,
-    }
-}
-
 /// Scrape until `check` passes on the parsed samples; returns that scrape's text.
 async fn scrape_until(addr: &str, what: &str, check: impl Fn(&[Sample]) -> bool) -> String {
-    let mut last = String::new();
     let mut found = None;
-    eventually(what, || match scrape(addr) {
-        Some(text) => {
-            let ok = check(&parse(&text));
-            if ok {
-                found = Some(text.clone());
-            }
-            last = text;
-            ok
-        }
-        None => false,
+    eventually(what, || {
+        found = scrape(addr).filter(|text| check(&parse(text)));
+        found.is_some()
     })
     .await;
-    let _ = last;
     found.unwrap_or_default()
 }
 
@@ -163,25 +147,17 @@ fn promtool_check(text: &str) {
     );
 }
 
-fn write(path: &Path, text: &str) {
-    // Replace by rename, so the agent never reads half a file.
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[tokio::test]
 async fn scrape_reports_the_fixture_and_follows_its_edits() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture_path = dir.path().join("fixture.yaml");
-    write(&fixture_path, &fixture(87));
-    let addr = format!("127.0.0.1:{}", free_port());
+    let fixture_path = write_file(dir.path(), "fixture.yaml", &fixture(87));
+    let addr = free_addr();
     let _kubelet = TestKubelet::start(dir.path()).await;
     let agent = Agent::spawn(
         dir.path(),
         &[
             "--mock-fixture",
-            fixture_path.to_str().unwrap(),
+            arg(&fixture_path),
             "--metrics-addr",
             &addr,
             "--collect-interval",
@@ -256,7 +232,7 @@ async fn scrape_reports_the_fixture_and_follows_its_edits() {
         "powerWatts: 412.5}\n    xids: [13]",
         1,
     );
-    write(&fixture_path, &edited);
+    replace_file(&fixture_path, &edited);
     scrape_until(&addr, "the edited utilization and the XID", |s| {
         value(s, "gpu_utilization_percent", GPU0) == Some(12.0)
             && s.iter().any(|(n, l, v)| {
@@ -277,9 +253,9 @@ async fn scrape_reports_the_fixture_and_follows_its_edits() {
 #[tokio::test]
 async fn readyz_follows_registration_and_healthz_is_always_up() {
     let dir = tempfile::tempdir().unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = free_addr();
     let mut kubelet = TestKubelet::start(dir.path()).await;
-    let _agent = Agent::spawn(dir.path(), &["--metrics-addr", &addr]);
+    let agent = Agent::spawn(dir.path(), &["--metrics-addr", &addr]);
 
     eventually("/healthz answers", || {
         matches!(http_get(&addr, "/healthz"), Some((200, _)))
@@ -291,12 +267,13 @@ async fn readyz_follows_registration_and_healthz_is_always_up() {
     assert!(body.contains("nvidia.com/gpu"), "{body}");
 
     let reg = kubelet.next_registration().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the agent to see its registration succeed", || {
+        agent.logs().contains("registered with the kubelet")
+    })
+    .await;
     let (status, _) = http_get(&addr, "/readyz").unwrap();
     assert_eq!(status, 503, "registered, but no stream open yet");
-    let mut plugin = kubelet.plugin(&reg.endpoint).await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    next_list(&mut stream).await;
+    let plugin = Plugin::open(&kubelet, &reg.endpoint).await;
     eventually("/readyz 200", || {
         matches!(http_get(&addr, "/readyz"), Some((200, _)))
     })
@@ -314,7 +291,6 @@ async fn readyz_follows_registration_and_healthz_is_always_up() {
     );
 
     // The stream closes (a kubelet that went away): not ready any more.
-    drop(stream);
     drop(plugin);
     eventually("/readyz 503 after the stream closed", || {
         matches!(http_get(&addr, "/readyz"), Some((503, _)))
@@ -390,11 +366,10 @@ fn pod(namespace: &str, name: &str, containers: &[(&str, &str, &[String])]) -> P
 #[tokio::test]
 async fn attribution_lists_every_sharer_and_every_vgpu_slice() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture_path = dir.path().join("fixture.yaml");
-    write(&fixture_path, &fixture(50));
-    let config = dir.path().join("config.yaml");
-    write(
-        &config,
+    let fixture_path = write_file(dir.path(), "fixture.yaml", &fixture(50));
+    let config = write_file(
+        dir.path(),
+        "config.yaml",
         r#"version: v1
 flags: {migStrategy: mixed}
 sharing:
@@ -438,15 +413,15 @@ sharing:
     };
     serve_pod_resources(&dir.path().join("pod-resources.sock"), stub.clone());
 
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = free_addr();
     let _kubelet = TestKubelet::start(dir.path()).await;
     let _agent = Agent::spawn(
         dir.path(),
         &[
             "--mock-fixture",
-            fixture_path.to_str().unwrap(),
+            arg(&fixture_path),
             "--config",
-            config.to_str().unwrap(),
+            arg(&config),
             "--metrics-addr",
             &addr,
             "--collect-interval",
@@ -538,7 +513,7 @@ async fn a_rate_limiting_kubelet_gets_fewer_calls() {
     let stub = PodResourcesStub::default();
     stub.exhausted.store(true, Ordering::SeqCst);
     serve_pod_resources(&dir.path().join("pod-resources.sock"), stub.clone());
-    let addr = format!("127.0.0.1:{}", free_port());
+    let addr = free_addr();
     let _kubelet = TestKubelet::start(dir.path()).await;
     let _agent = Agent::spawn(
         dir.path(),
@@ -566,21 +541,23 @@ async fn a_rate_limiting_kubelet_gets_fewer_calls() {
 #[tokio::test]
 async fn nfd_feature_file_follows_the_config() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture_path = dir.path().join("fixture.yaml");
-    write(&fixture_path, &fixture(0));
-    let config = dir.path().join("config.yaml");
-    write(&config, "version: v1\nflags: {migStrategy: mixed}\n");
+    let fixture_path = write_file(dir.path(), "fixture.yaml", &fixture(0));
+    let config = write_file(
+        dir.path(),
+        "config.yaml",
+        "version: v1\nflags: {migStrategy: mixed}\n",
+    );
     let features = dir.path().join("features.d").join("gpu-agent");
     let _kubelet = TestKubelet::start(dir.path()).await;
     let _agent = Agent::spawn(
         dir.path(),
         &[
             "--mock-fixture",
-            fixture_path.to_str().unwrap(),
+            arg(&fixture_path),
             "--config",
-            config.to_str().unwrap(),
+            arg(&config),
             "--nfd-features-file",
-            features.to_str().unwrap(),
+            arg(&features),
         ],
     );
     let read = || std::fs::read_to_string(&features).unwrap_or_default();
@@ -622,7 +599,7 @@ async fn nfd_feature_file_follows_the_config() {
     assert_eq!(entries, 1);
 
     // A config change rewrites the file.
-    write(
+    replace_file(
         &config,
         "version: v1\nflags: {migStrategy: mixed}\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n",
     );

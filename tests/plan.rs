@@ -2,9 +2,7 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::run_cli;
+use common::{arg, run_cli, write_file};
 use serde_json::Value;
 
 /// One whole H100 and one H100 cut into MIG devices.
@@ -15,26 +13,19 @@ gpus:
   - {model: NVIDIA H100 80GB HBM3, mig: {devices: [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb]}}
 "#;
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
 /// `plan` on the mock backend with `fixture` (None = built-in 8 × H100) and `config`.
 fn plan(fixture: Option<&str>, config: Option<&str>, args: &[&str]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let mut argv: Vec<String> = vec!["plan".into(), "--backend".into(), "mock".into()];
-    if let Some(text) = fixture {
-        argv.push("--mock-fixture".into());
-        argv.push(write(dir.path(), "fixture.yaml", text));
+    let fixture = fixture.map(|text| write_file(dir.path(), "fixture.yaml", text));
+    let config = config.map(|text| write_file(dir.path(), "config.yaml", text));
+    let mut argv = vec!["plan", "--backend", "mock"];
+    if let Some(path) = &fixture {
+        argv.extend(["--mock-fixture", arg(path)]);
     }
-    if let Some(text) = config {
-        argv.push("--config".into());
-        argv.push(write(dir.path(), "config.yaml", text));
+    if let Some(path) = &config {
+        argv.extend(["--config", arg(path)]);
     }
-    argv.extend(args.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    argv.extend(args);
     run_cli(&argv)
 }
 

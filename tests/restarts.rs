@@ -15,17 +15,14 @@ const RESTARTS: usize = 100;
 const REREGISTER_BOUND: Duration = Duration::from_secs(5);
 
 async fn assert_serves_eight_gpus(kubelet: &TestKubelet) {
-    let mut plugin = kubelet.plugin(GPU_ENDPOINT).await;
-    let mut stream = list_and_watch(&mut plugin).await;
-    assert_eq!(next_list(&mut stream).await.devices.len(), 8);
+    let plugin = Plugin::open(kubelet, GPU_ENDPOINT).await;
+    assert_eq!(plugin.devices.len(), 8);
 }
 
 #[tokio::test]
 async fn re_registers_after_each_of_100_kubelet_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(dir.path(), &[]);
-    kubelet.next_registration().await;
+    let (mut kubelet, agent, _) = start_registered(dir.path(), &[]).await;
 
     let started = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -63,9 +60,7 @@ async fn re_registers_after_each_of_100_kubelet_restarts() {
 #[tokio::test]
 async fn a_new_kubelet_sock_alone_re_registers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(dir.path(), &[]);
-    kubelet.next_registration().await;
+    let (mut kubelet, agent, _) = start_registered(dir.path(), &[]).await;
     // A kubelet start that leaves our socket in place: only kubelet.sock is new.
     kubelet.serve();
     let recreated = Instant::now();
@@ -86,15 +81,9 @@ async fn a_new_kubelet_sock_alone_re_registers() {
 #[tokio::test]
 async fn a_stream_dropped_by_the_kubelet_re_registers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(dir.path(), &[]);
-    kubelet.next_registration().await;
-    {
-        let mut plugin = kubelet.plugin(GPU_ENDPOINT).await;
-        let mut stream = list_and_watch(&mut plugin).await;
-        next_list(&mut stream).await;
-        // The kubelet (still running) drops the stream and its connection.
-    }
+    let (mut kubelet, agent, _) = start_registered(dir.path(), &[]).await;
+    // The kubelet (still running) drops the stream and its connection.
+    drop(Plugin::open(&kubelet, GPU_ENDPOINT).await);
     let dropped = Instant::now();
     let reg = kubelet.next_registration_from_current().await;
     eprintln!("stream dropped -> re-registered in {:?}", dropped.elapsed());
@@ -110,11 +99,12 @@ async fn a_stream_dropped_by_the_kubelet_re_registers() {
 #[tokio::test]
 async fn our_socket_removed_re_registers() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(dir.path(), &[]);
-    kubelet.next_registration().await;
-    // Let the agent settle into watching, then remove the socket under it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut kubelet, agent, _) = start_registered(dir.path(), &[]).await;
+    // Once the agent knows it is registered, remove the socket under it.
+    eventually("the agent to see its registration succeed", || {
+        agent.logs().contains("registered with the kubelet")
+    })
+    .await;
     let socket = dir.path().join(GPU_ENDPOINT);
     std::fs::remove_file(&socket).unwrap();
     let removed = Instant::now();
@@ -129,18 +119,13 @@ async fn our_socket_removed_re_registers() {
 #[tokio::test]
 async fn an_old_stream_closing_after_a_restart_does_not_re_register_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let _agent = Agent::spawn(dir.path(), &[]);
-    kubelet.next_registration().await;
-    let mut old_plugin = kubelet.plugin(GPU_ENDPOINT).await;
-    let mut old_stream = list_and_watch(&mut old_plugin).await;
-    next_list(&mut old_stream).await;
+    let (mut kubelet, _agent, _) = start_registered(dir.path(), &[]).await;
+    let old = Plugin::open(&kubelet, GPU_ENDPOINT).await;
 
     kubelet.restart().await;
     kubelet.next_registration_from_current().await;
     // The stream of the previous registration goes away now.
-    drop(old_stream);
-    drop(old_plugin);
+    drop(old);
     assert!(
         kubelet
             .registration_within(Duration::from_secs(1))
@@ -153,18 +138,22 @@ async fn an_old_stream_closing_after_a_restart_does_not_re_register_again() {
 #[tokio::test]
 async fn re_registers_when_the_kubelet_comes_back_after_a_while() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(dir.path(), &[]);
-    kubelet.next_registration().await;
+    let (mut kubelet, agent, _) = start_registered(dir.path(), &[]).await;
 
     kubelet.stop().await;
-    // Long enough for several failed attempts and a grown back-off.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Away for several failed attempts, so that the back-off has grown (100 ms doubling: after
+    // the fifth failure the agent would wait 1.6 s).
+    let away = Instant::now();
+    eventually("five failed registration attempts", || {
+        agent.logs().matches("kubelet not reachable").count() >= 5
+    })
+    .await;
+    let away = away.elapsed();
     kubelet.serve();
     let back = Instant::now();
     let reg = kubelet.next_registration_from_current().await;
     let took = back.elapsed();
-    eprintln!("kubelet back after 2 s away -> re-registered in {took:?}");
+    eprintln!("kubelet back after {away:?} away -> re-registered in {took:?}");
     assert_eq!(reg.resource_name, "nvidia.com/gpu");
     assert!(took < REREGISTER_BOUND, "took {took:?}");
     assert_serves_eight_gpus(&kubelet).await;

@@ -4,82 +4,23 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-use gpu_agent::proto::v1beta1::{
-    device_plugin_client::DevicePluginClient, AllocateRequest, ContainerAllocateRequest,
-    ContainerAllocateResponse, ListAndWatchResponse,
-};
-use tonic::transport::Channel;
-use tonic::Streaming;
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn allocate(
-    plugin: &mut DevicePluginClient<Channel>,
-    ids: &[String],
-) -> Result<ContainerAllocateResponse, tonic::Status> {
-    plugin
-        .allocate(AllocateRequest {
-            container_requests: vec![ContainerAllocateRequest {
-                devices_ids: ids.to_vec(),
-            }],
-        })
-        .await
-        .map(|r| r.into_inner().container_responses.remove(0))
-}
-
-/// Open ListAndWatch streams, held like a kubelet holds them: a stream the client drops reads
-/// as "the kubelet dropped our stream", which makes the agent re-serve and re-register.
-#[derive(Default)]
-struct Streams(Vec<(DevicePluginClient<Channel>, Streaming<ListAndWatchResponse>)>);
-
-impl Streams {
-    /// Device IDs of the first ListAndWatch message of the plugin at `endpoint`; the stream
-    /// stays open.
-    async fn listed(&mut self, kubelet: &TestKubelet, endpoint: &str) -> Vec<String> {
-        let mut plugin = kubelet.plugin(endpoint).await;
-        let mut stream = list_and_watch(&mut plugin).await;
-        let ids = next_list(&mut stream)
-            .await
-            .devices
-            .into_iter()
-            .map(|d| d.id)
-            .collect();
-        self.0.push((plugin, stream));
-        ids
-    }
-}
-
-/// `list --output json` for the same inputs, to know the UUIDs the agent sees.
-fn list_json(args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["list", "--backend", "mock", "--output", "json"];
-    all.extend_from_slice(args);
-    let (code, stdout, stderr) = run_cli(&all);
-    assert_eq!(code, 0, "{stderr}");
-    serde_json::from_str(&stdout).unwrap()
-}
 
 #[tokio::test]
 async fn time_sliced_replicas_and_fail_requests_greater_than_one() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write(
+    let config = write_file(
         dir.path(),
         "config.yaml",
         "version: v1\nsharing:\n  timeSlicing:\n    failRequestsGreaterThanOne: true\n    resources:\n      - {name: nvidia.com/gpu, replicas: 4}\n",
     );
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let mut streams = Streams::default();
-    let _agent = Agent::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
-    let reg = kubelet.next_registration().await;
+    let (kubelet, _agent, reg) = start_registered(dir.path(), &["--config", arg(&config)]).await;
     assert_eq!(reg.resource_name, "nvidia.com/gpu");
 
-    let ids = streams.listed(&kubelet, &reg.endpoint).await;
+    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    let ids = plugin.ids();
     assert_eq!(ids.len(), 32);
     let doc = list_json(&[]);
     for (g, gpu) in doc["gpus"].as_array().unwrap().iter().enumerate() {
@@ -89,13 +30,12 @@ async fn time_sliced_replicas_and_fail_requests_greater_than_one() {
         }
     }
 
-    let mut plugin = kubelet.plugin(&reg.endpoint).await;
-    let r = allocate(&mut plugin, &ids[5..6]).await.unwrap();
+    let r = plugin.allocate(&ids[5..6]).await.unwrap();
     assert_eq!(
         r.envs["NVIDIA_VISIBLE_DEVICES"],
         doc["gpus"][1]["uuid"].as_str().unwrap()
     );
-    let status = allocate(&mut plugin, &ids[0..2]).await.unwrap_err();
+    let status = plugin.allocate(&ids[0..2]).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(
         status.message().contains("failRequestsGreaterThanOne"),
@@ -113,15 +53,14 @@ gpus:
 #[tokio::test]
 async fn mig_mixed_advertises_one_resource_per_profile() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = write(dir.path(), "node.yaml", MIG_NODE);
-    let config = write(
+    let fixture = write_file(dir.path(), "node.yaml", MIG_NODE);
+    let config = write_file(
         dir.path(),
         "config.yaml",
         "flags: {migStrategy: mixed, plugin: {passDeviceSpecs: true}}\n",
     );
-    let (fixture, config) = (fixture.to_str().unwrap(), config.to_str().unwrap());
+    let (fixture, config) = (arg(&fixture), arg(&config));
     let mut kubelet = TestKubelet::start(dir.path()).await;
-    let mut streams = Streams::default();
     let _agent = Agent::spawn(dir.path(), &["--mock-fixture", fixture, "--config", config]);
     let names = [
         "nvidia.com/gpu",
@@ -154,24 +93,16 @@ async fn mig_mixed_advertises_one_resource_per_profile() {
             .map(|m| m["uuid"].as_str().unwrap().to_string())
             .collect()
     };
-    let small = streams
-        .listed(&kubelet, &endpoint("nvidia.com/mig-1g.10gb"))
-        .await;
+    let mut small_plugin = Plugin::open(&kubelet, &endpoint("nvidia.com/mig-1g.10gb")).await;
+    let small = small_plugin.ids();
     assert_eq!(small, mig_uuids("1g.10gb"));
     assert!(small.iter().all(|id| id.starts_with("MIG-")));
-    assert_eq!(
-        streams
-            .listed(&kubelet, &endpoint("nvidia.com/mig-3g.40gb"))
-            .await,
-        mig_uuids("3g.40gb")
-    );
-    assert_eq!(
-        streams.listed(&kubelet, &endpoint("nvidia.com/gpu")).await,
-        [gpus[0]["uuid"].as_str().unwrap()]
-    );
+    let big = Plugin::open(&kubelet, &endpoint("nvidia.com/mig-3g.40gb")).await;
+    assert_eq!(big.ids(), mig_uuids("3g.40gb"));
+    let whole = Plugin::open(&kubelet, &endpoint("nvidia.com/gpu")).await;
+    assert_eq!(whole.ids(), [gpus[0]["uuid"].as_str().unwrap()]);
 
-    let mut plugin = kubelet.plugin(&endpoint("nvidia.com/mig-1g.10gb")).await;
-    let r = allocate(&mut plugin, &small[1..2]).await.unwrap();
+    let r = small_plugin.allocate(&small[1..2]).await.unwrap();
     assert_eq!(r.envs["NVIDIA_VISIBLE_DEVICES"], small[1]);
     let paths: Vec<&str> = r
         .devices
@@ -200,32 +131,27 @@ async fn mig_mixed_advertises_one_resource_per_profile() {
 #[tokio::test]
 async fn vgpu_slices_carry_their_limits_and_stay_on_one_gpu() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write(
+    let config = write_file(
         dir.path(),
         "config.yaml",
         "sharing: {vgpu: {resources: [{name: nvidia.com/gpu, memoryMiB: 20480, computePercent: 25}]}}\n",
     );
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let mut streams = Streams::default();
-    let _agent = Agent::spawn(dir.path(), &["--config", config.to_str().unwrap()]);
-    let reg = kubelet.next_registration().await;
+    let (kubelet, _agent, reg) = start_registered(dir.path(), &["--config", arg(&config)]).await;
     // Every GPU is cut into slices, so no whole GPU is left to advertise.
     assert_eq!(reg.resource_name, "nvidia.com/gpu.vgpu");
-    let ids = streams.listed(&kubelet, &reg.endpoint).await;
+    let mut vgpu = Plugin::open(&kubelet, &reg.endpoint).await;
+    let ids = vgpu.ids();
     // 81559 MiB / 20480 MiB = 3 slices per GPU.
     assert_eq!(ids.len(), 24);
     let uuid0 = ids[0].split("::").next().unwrap().to_string();
     assert_eq!(ids[..3], [0, 1, 2].map(|n| format!("{uuid0}::vgpu{n}")));
 
-    let mut plugin = kubelet.plugin(&reg.endpoint).await;
-    let r = allocate(&mut plugin, &ids[0..2]).await.unwrap();
+    let r = vgpu.allocate(&ids[0..2]).await.unwrap();
     assert_eq!(r.envs["NVIDIA_VISIBLE_DEVICES"], uuid0);
     assert_eq!(r.envs["CUDA_DEVICE_MEMORY_LIMIT"], "40960m");
     assert_eq!(r.envs["CUDA_DEVICE_SM_LIMIT"], "50");
 
-    let status = allocate(&mut plugin, &[ids[0].clone(), ids[3].clone()])
-        .await
-        .unwrap_err();
+    let status = vgpu.allocate(&[&ids[0], &ids[3]]).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(
         status.message().contains("different GPUs"),
@@ -260,14 +186,14 @@ fn fake_driver_root(root: &Path) {
 #[tokio::test]
 async fn cdi_strategies_fill_the_response_and_write_the_spec() {
     let dir = tempfile::tempdir().unwrap();
-    let fixture = write(
+    let fixture = write_file(
         dir.path(),
         "node.yaml",
         &format!("driverVersion: \"580.95.05\"\n{MIG_NODE}"),
     );
     let driver_root = dir.path().join("driver");
     fake_driver_root(&driver_root);
-    let config = write(
+    let config = write_file(
         dir.path(),
         "config.yaml",
         &format!(
@@ -277,15 +203,9 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
         ),
     );
     let mut kubelet = TestKubelet::start(dir.path()).await;
-    let mut streams = Streams::default();
     let _agent = Agent::spawn(
         dir.path(),
-        &[
-            "--mock-fixture",
-            fixture.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
+        &["--mock-fixture", arg(&fixture), "--config", arg(&config)],
     );
     let regs = kubelet
         .registrations_until(&["nvidia.com/gpu", "nvidia.com/mig-1g.10gb"])
@@ -298,9 +218,9 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
             .clone()
     };
 
-    let gpu = streams.listed(&kubelet, &endpoint("nvidia.com/gpu")).await;
-    let mut plugin = kubelet.plugin(&endpoint("nvidia.com/gpu")).await;
-    let r = allocate(&mut plugin, &gpu).await.unwrap();
+    let mut gpu_plugin = Plugin::open(&kubelet, &endpoint("nvidia.com/gpu")).await;
+    let gpu = gpu_plugin.ids();
+    let r = gpu_plugin.allocate(&gpu).await.unwrap();
     let gpu_name = format!("k8s.gpu-agent.io/gpu={}", gpu[0]);
     assert_eq!(
         r.cdi_devices.iter().map(|d| &d.name).collect::<Vec<_>>(),
@@ -316,11 +236,9 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
         r.envs
     );
 
-    let migs = streams
-        .listed(&kubelet, &endpoint("nvidia.com/mig-1g.10gb"))
-        .await;
-    let mut plugin = kubelet.plugin(&endpoint("nvidia.com/mig-1g.10gb")).await;
-    let r = allocate(&mut plugin, &migs).await.unwrap();
+    let mut mig_plugin = Plugin::open(&kubelet, &endpoint("nvidia.com/mig-1g.10gb")).await;
+    let migs = mig_plugin.ids();
+    let r = mig_plugin.allocate(&migs).await.unwrap();
     let mig_names: Vec<String> = migs
         .iter()
         .map(|m| format!("k8s.gpu-agent.io/gpu={m}"))
@@ -408,26 +326,18 @@ async fn cdi_strategies_fill_the_response_and_write_the_spec() {
 #[tokio::test]
 async fn volume_mounts_and_device_specs_with_index_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write(
+    let config = write_file(
         dir.path(),
         "config.yaml",
         "flags: {plugin: {deviceListStrategy: volume-mounts, deviceIDStrategy: index}}\n",
     );
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let mut streams = Streams::default();
     // passDeviceSpecs from the flag: flag > config file.
-    let _agent = Agent::spawn(
-        dir.path(),
-        &["--config", config.to_str().unwrap(), "--pass-device-specs"],
-    );
-    let reg = kubelet.next_registration().await;
-    let ids = streams.listed(&kubelet, &reg.endpoint).await;
-    assert_eq!(ids, ["0", "1", "2", "3", "4", "5", "6", "7"]);
+    let args = ["--config", arg(&config), "--pass-device-specs"];
+    let (kubelet, _agent, reg) = start_registered(dir.path(), &args).await;
+    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    assert_eq!(plugin.ids(), ["0", "1", "2", "3", "4", "5", "6", "7"]);
 
-    let mut plugin = kubelet.plugin(&reg.endpoint).await;
-    let r = allocate(&mut plugin, &["3".into(), "6".into()])
-        .await
-        .unwrap();
+    let r = plugin.allocate(&["3", "6"]).await.unwrap();
     assert_eq!(
         r.envs["NVIDIA_VISIBLE_DEVICES"],
         "/var/run/nvidia-container-devices"

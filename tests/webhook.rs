@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{run_cli, WAIT};
+use common::{
+    arg, list_json_text, replace_file, run_cli, send_signal, wait_exit, write_file, WAIT,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -26,13 +28,6 @@ fn self_signed() -> (String, String, CertificateDer<'static>) {
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("generate a certificate");
     (cert.pem(), signing_key.serialize_pem(), cert.der().clone())
-}
-
-/// Replace `path` by a rename, as a Secret volume update does.
-fn replace(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
 }
 
 const CATALOG: &str = r#"
@@ -56,12 +51,9 @@ impl Webhook {
     /// Write a certificate (returned, to trust) and `catalog`, start the webhook on a free port.
     fn start(dir: &Path, catalog: &str) -> (Self, CertificateDer<'static>) {
         let (cert_pem, key_pem, der) = self_signed();
-        let cert = dir.join("tls.crt");
-        let key = dir.join("tls.key");
-        let catalog_path = dir.join("catalog.yaml");
-        std::fs::write(&cert, cert_pem).unwrap();
-        std::fs::write(&key, key_pem).unwrap();
-        std::fs::write(&catalog_path, catalog).unwrap();
+        let cert = write_file(dir, "tls.crt", &cert_pem);
+        let key = write_file(dir, "tls.key", &key_pem);
+        let catalog_path = write_file(dir, "catalog.yaml", catalog);
         let log = dir.join("webhook.log");
         let child = Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
             .arg("webhook")
@@ -199,6 +191,11 @@ async fn send(
     Reply { status, body, peer }
 }
 
+/// `GET path` over HTTPS, trusting `trusted`.
+async fn get(addr: SocketAddr, trusted: &CertificateDer<'static>, path: &str) -> Reply {
+    send(addr, std::slice::from_ref(trusted), "GET", path, Vec::new()).await
+}
+
 async fn mutate(addr: SocketAddr, trusted: &CertificateDer<'static>, review: &Value) -> Value {
     let reply = send(
         addr,
@@ -252,14 +249,7 @@ async fn mutates_annotated_pods_passes_others_and_refuses_malformed_requests() {
     let (webhook, cert) = Webhook::start(dir.path(), CATALOG);
     let addr = webhook.addr;
 
-    let health = send(
-        addr,
-        std::slice::from_ref(&cert),
-        "GET",
-        "/healthz",
-        Vec::new(),
-    )
-    .await;
+    let health = get(addr, &cert, "/healthz").await;
     assert_eq!((health.status, health.body.as_slice()), (200, &b"ok\n"[..]));
 
     // Inference needing 8 GiB: MIG, smallest profile that holds it.
@@ -389,24 +379,8 @@ async fn mutates_annotated_pods_passes_others_and_refuses_malformed_requests() {
     }
 
     // Unknown paths are 404, and the server is still up after all of the above.
-    let reply = send(
-        addr,
-        std::slice::from_ref(&cert),
-        "GET",
-        "/metrics",
-        Vec::new(),
-    )
-    .await;
-    assert_eq!(reply.status, 404);
-    let health = send(
-        addr,
-        std::slice::from_ref(&cert),
-        "GET",
-        "/healthz",
-        Vec::new(),
-    )
-    .await;
-    assert_eq!(health.status, 200);
+    assert_eq!(get(addr, &cert, "/metrics").await.status, 404);
+    assert_eq!(get(addr, &cert, "/healthz").await.status, 200);
 }
 
 #[tokio::test]
@@ -421,14 +395,14 @@ async fn a_renewed_certificate_is_served_and_a_broken_one_is_not() {
 
     // Renewal: key first, then the certificate (in between the pair does not match; the
     // webhook keeps the old pair until both are in place).
-    replace(&webhook.key, &key2);
-    replace(&webhook.cert, &pem2);
+    replace_file(&webhook.key, &key2);
+    replace_file(&webhook.cert, &pem2);
     let reply = send(webhook.addr, &both, "GET", "/healthz", Vec::new()).await;
     assert_eq!(reply.peer, second, "the renewed certificate is served");
     assert_eq!(reply.status, 200);
 
     // A broken certificate file: the last good one stays in force, and the log says so.
-    replace(&webhook.cert, "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    replace_file(&webhook.cert, "-----BEGIN CERTIFICATE-----\nnot base64\n");
     let reply = send(webhook.addr, &both, "GET", "/healthz", Vec::new()).await;
     assert_eq!(reply.peer, second);
     assert!(
@@ -442,24 +416,12 @@ async fn a_renewed_certificate_is_served_and_a_broken_one_is_not() {
 async fn a_list_document_is_a_catalog_and_catalog_changes_apply() {
     // The catalog is what `gpu-agent list --output json` prints for a MIG node pool.
     let dir = tempfile::tempdir().unwrap();
-    let fixture = dir.path().join("fixture.yaml");
-    std::fs::write(
-        &fixture,
+    let fixture = write_file(
+        dir.path(),
+        "fixture.yaml",
         "gpus:\n  - {model: NVIDIA H100 80GB HBM3}\n  - {model: NVIDIA H100 80GB HBM3, mig: {devices: [3g.40gb, 2g.20gb, 1g.10gb, 1g.10gb]}}\n",
-    )
-    .unwrap();
-    let (code, listed, err) = run_cli(&[
-        "list",
-        "--backend",
-        "mock",
-        "--mock-fixture",
-        fixture.to_str().unwrap(),
-        "--mig-strategy",
-        "mixed",
-        "--output",
-        "json",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    );
+    let listed = list_json_text(&["--mock-fixture", arg(&fixture), "--mig-strategy", "mixed"]);
     let (webhook, cert) = Webhook::start(dir.path(), &listed);
 
     let small = review(
@@ -476,7 +438,7 @@ async fn a_list_document_is_a_catalog_and_catalog_changes_apply() {
     );
 
     // The pool loses MIG: the next review falls back to whole GPUs, with a warning.
-    replace(
+    replace_file(
         &webhook.catalog,
         "resources: [{name: nvidia.com/gpu, strategy: exclusive, memoryMiB: 81559, count: 2}]",
     );
@@ -495,56 +457,43 @@ async fn a_list_document_is_a_catalog_and_catalog_changes_apply() {
 fn start_up_errors_exit_2_with_the_file_and_problem() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_pem, key_pem, _) = self_signed();
-    let cert = dir.path().join("tls.crt");
-    let key = dir.path().join("tls.key");
-    std::fs::write(&cert, cert_pem).unwrap();
-    std::fs::write(&key, key_pem).unwrap();
-    let good = dir.path().join("catalog.yaml");
-    std::fs::write(&good, CATALOG).unwrap();
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
+    let cert = write_file(dir.path(), "tls.crt", &cert_pem);
+    let key = write_file(dir.path(), "tls.key", &key_pem);
+    let good = write_file(dir.path(), "catalog.yaml", CATALOG);
+    let bad = write_file(
+        dir.path(),
+        "bad.yaml",
         "resources: [{name: nvidia.com/gpu, strategy: whole, memoryMiB: 1}]",
-    )
-    .unwrap();
+    );
     let missing = dir.path().join("missing.pem");
-    let args = |catalog: &Path, cert: &Path| {
-        let owned: Vec<String> = [
+    let run = |catalog: &Path, cert: &Path| {
+        run_cli(&[
             "webhook",
             "--listen-addr",
             "127.0.0.1:0",
             "--catalog",
-            catalog.to_str().unwrap(),
+            arg(catalog),
             "--tls-cert-file",
-            cert.to_str().unwrap(),
+            arg(cert),
             "--tls-key-file",
-            key.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        owned
-    };
-    let run = |a: Vec<String>| {
-        let argv: Vec<&str> = a.iter().map(String::as_str).collect();
-        run_cli(&argv)
+            arg(&key),
+        ])
     };
 
-    let (code, _, err) = run(args(&bad, &cert));
+    let (code, _, err) = run(&bad, &cert);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("resources[0].strategy: must be exclusive, shared (or time-sliced), mig or vgpu, got \"whole\""),
         "{err}"
     );
-    let (code, _, err) = run(args(&good, &missing));
+    let (code, _, err) = run(&good, &missing);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot read TLS certificate"), "{err}");
     assert!(err.contains("missing.pem"), "{err}");
     // A key that belongs to another certificate.
     let (other_pem, _, _) = self_signed();
-    let other = dir.path().join("other.crt");
-    std::fs::write(&other, other_pem).unwrap();
-    let (code, _, err) = run(args(&good, &other));
+    let other = write_file(dir.path(), "other.crt", &other_pem);
+    let (code, _, err) = run(&good, &other);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot be used together"), "{err}");
 }
@@ -553,17 +502,7 @@ fn start_up_errors_exit_2_with_the_file_and_problem() {
 fn sigterm_stops_it_with_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     let (mut webhook, _) = Webhook::start(dir.path(), CATALOG);
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(webhook.child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = webhook.child.try_wait() {
-            assert!(status.success(), "{status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("webhook did not stop on SIGTERM");
+    send_signal(&webhook.child, libc::SIGTERM);
+    let status = wait_exit(&mut webhook.child, WAIT).expect("webhook did not stop on SIGTERM");
+    assert!(status.success(), "{status}");
 }

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::{kubectl, kustomize};
 use gpu_agent::strategy::Catalog;
-use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -201,33 +200,9 @@ fn the_webhook_configuration_is_safe_and_points_at_the_service() {
     }
 }
 
-fn kubectl() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path)
-        .map(|dir| dir.join("kubectl"))
-        .find(|candidate| candidate.is_file());
-    if found.is_none() {
-        eprintln!("skipping: kubectl is not on PATH, so the kustomizations cannot be rendered");
-    }
-    found
-}
-
+/// The objects a kustomization (relative to the repository) renders to.
 fn render(kubectl: &Path, dir: &str) -> Vec<Value> {
-    let out = Command::new(kubectl)
-        .arg("kustomize")
-        .arg(Path::new(ROOT).join(dir))
-        .output()
-        .expect("run kubectl kustomize");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {dir}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("kustomize output parses"))
-        .filter(|v| !v.is_null())
-        .collect()
+    kustomize(kubectl, &Path::new(ROOT).join(dir)).1
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str) -> &'a Value {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_yaml_ng::Value;
 
+use crate::common::{send_signal, WAIT};
 use crate::render::Rendered;
 use crate::yaml::{env_values, get, named, seq_at, str_at, strings};
 use crate::AGENT;
@@ -135,7 +136,7 @@ pub fn start_like_the_daemonset(container: &Value, inputs: &AgentInputs, fixture
     }
     let mut child = command.spawn().expect("spawn gpu-agent");
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + WAIT;
     let serving = loop {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("gpu-agent {args:?} exited with {status}:\n{}", logs());
@@ -149,10 +150,7 @@ pub fn start_like_the_daemonset(container: &Value, inputs: &AgentInputs, fixture
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    send_signal(&child, libc::SIGTERM);
     let status = child.wait().expect("wait for gpu-agent");
     assert!(
         serving,

@@ -8,6 +8,8 @@
 //! it print why and return.
 
 mod agent;
+#[path = "../common/mod.rs"]
+mod common;
 mod image;
 mod render;
 mod yaml;
@@ -17,7 +19,8 @@ use std::collections::BTreeSet;
 use serde_yaml_ng::Value;
 
 use agent::{agent_container, gpu_resources, start_like_the_daemonset, AgentInputs};
-use render::{kubectl, render_overlay, render_with_servicemonitor, validator, Rendered};
+use common::{arg, kubectl, run_cli};
+use render::{render_overlay, render_with_servicemonitor, validator, Rendered};
 use yaml::{assert_selects, env_values, get, named, quantity, seq_at, str_at, strings};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -372,16 +375,10 @@ fn configmaps_hold_configs_and_fixtures_the_agent_accepts() {
             "{overlay}: mock fixture"
         );
         if let Some(config) = &inputs.config {
-            let out = std::process::Command::new(AGENT)
-                .arg("check-config")
-                .arg(config)
-                .output()
-                .expect("run check-config");
-            assert!(
-                out.status.success(),
-                "{overlay}: the agent refuses its config:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+            let (code, out, err) = run_cli(&["check-config", arg(config)]);
+            assert_eq!(
+                code, 0,
+                "{overlay}: the agent refuses its config:\n{out}{err}"
             );
         }
     }

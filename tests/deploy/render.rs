@@ -6,9 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::common::kustomize;
 use crate::yaml::{kind, str_at};
 use crate::ROOT;
 
@@ -21,18 +21,6 @@ const KUBERNETES_VERSIONS: &[Option<&str>] = &[Some("1.26.0"), None];
 
 pub fn daemonset_dir() -> PathBuf {
     Path::new(ROOT).join("daemonset")
-}
-
-/// `kubectl` from PATH.
-pub fn kubectl() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path)
-        .map(|dir| dir.join("kubectl"))
-        .find(|candidate| candidate.is_file());
-    if found.is_none() {
-        eprintln!("skipping: kubectl is not on PATH, so the manifests cannot be rendered");
-    }
-    found
 }
 
 /// `kubernetes-validate` from `GPU_AGENT_KUBERNETES_VALIDATE` (set by `.ci/run`) or `.venv/`.
@@ -84,23 +72,9 @@ impl Rendered {
     }
 }
 
-/// `kubectl kustomize <dir>`, parsed.
+/// `kubectl kustomize <dir>`, parsed; it must render something.
 pub fn render(kubectl: &Path, dir: &Path, name: &str) -> Rendered {
-    let out = Command::new(kubectl)
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .expect("run kubectl kustomize");
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("kustomize output is UTF-8");
-    let objects: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("kustomize output parses"))
-        .filter(|v| !v.is_null())
-        .collect();
+    let (text, objects) = kustomize(kubectl, dir);
     assert!(!objects.is_empty(), "{name} renders nothing");
     Rendered {
         name: name.to_string(),
