@@ -230,7 +230,7 @@ async fn pipeline() -> Result<Pipeline> {
         },
         snapshot_tx,
         policy_tx,
-        (None, None),
+        gpu_agent::health::HealthEnv::default(),
         Arc::new(AgentStats::default()),
         shutdown_rx.clone(),
     ));

@@ -25,6 +25,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Log the problems tolerated while building, one event each.
+    pub fn log_warnings(&self) {
+        for warning in self.warnings.iter() {
+            tracing::warn!(%warning, "advertising without the affected devices");
+        }
+    }
+
     /// Build the resources for these inputs.
     pub fn build(
         inventory: Arc<Inventory>,

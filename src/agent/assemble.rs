@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::AgentStats;
 use crate::config::Config;
 use crate::gpu::Inventory;
-use crate::health::{HealthPolicy, HealthState};
+use crate::health::{HealthEnv, HealthPolicy, HealthState};
 use crate::snapshot::Snapshot;
 
 /// The input channels.
@@ -26,7 +26,7 @@ pub async fn run(
     mut inputs: Inputs,
     snapshots: watch::Sender<Arc<Snapshot>>,
     policies: watch::Sender<HealthPolicy>,
-    health_env: (Option<String>, Option<String>),
+    health_env: HealthEnv,
     stats: Arc<AgentStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -48,17 +48,11 @@ pub async fn run(
         let _span = tracing::info_span!("rebuild", config_changed).entered();
         match Snapshot::build(inventory, config.clone(), health) {
             Ok(snapshot) => {
-                for warning in snapshot.warnings.iter() {
-                    tracing::warn!("{warning}");
-                }
+                snapshot.log_warnings();
                 if config_changed {
                     stats.config_reloads.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(summary = %config.summary(), resources = ?snapshot.resources.names().collect::<Vec<_>>(), "config applied");
-                    policies.send_replace(HealthPolicy::new(
-                        &config.health,
-                        health_env.0.as_deref(),
-                        health_env.1.as_deref(),
-                    ));
+                    policies.send_replace(health_env.policy(&config.health));
                     good_config = config;
                 }
                 crate::health::report::log_changes(

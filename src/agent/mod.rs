@@ -20,11 +20,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cdi;
 use crate::cli::RunArgs;
-use crate::commands::{build_failure, load_config, node_name, open_backend, Fatal};
+use crate::commands::{load_node, Fatal, NodeView};
 use crate::gpu::backend::BackendEvents;
 use crate::health::queue;
 use crate::health::watcher::{self, XidCounts};
-use crate::health::{HealthPolicy, HealthTracker};
 use crate::http::{self, HttpState};
 use crate::metrics::{Metrics, Sources};
 use crate::plugin::{kubelet_watch, manager, PluginContext, StatusBoard};
@@ -54,32 +53,17 @@ pub struct Handles {
 /// Run the agent until SIGTERM / SIGINT.
 pub async fn run(args: RunArgs) -> Result<(), Fatal> {
     let signals = Signals::install()?;
-    let config = load_config(&args.inventory)?;
-    let backend = open_backend(&args.inventory, &config)?;
-    let inventory = backend
-        .inventory()
-        .map_err(|e| Fatal::Other(e.to_string()))?;
-    let node = node_name(args.inventory.node_name.as_deref(), &inventory);
-
-    let health_env = (
-        std::env::var("DP_DISABLE_HEALTHCHECKS").ok(),
-        std::env::var("DP_ENABLE_HEALTHCHECKS").ok(),
-    );
-    let policy = HealthPolicy::new(
-        &config.health,
-        health_env.0.as_deref(),
-        health_env.1.as_deref(),
-    );
-    let tracker = HealthTracker::new(policy.clone()).with_lost(backend.lost_gpus());
-
-    let inventory = Arc::new(inventory);
-    let config = Arc::new(config);
-    let health = Arc::new(tracker.state());
-    let snapshot = Snapshot::build(inventory.clone(), config.clone(), health.clone())
-        .map_err(build_failure)?;
-    for warning in snapshot.warnings.iter() {
-        tracing::warn!("{warning}");
-    }
+    let NodeView {
+        node,
+        backend,
+        snapshot,
+        tracker,
+        health_env,
+    } = load_node(&args.inventory)?;
+    let inventory = snapshot.inventory.clone();
+    let config = snapshot.config.clone();
+    let health = snapshot.health.clone();
+    let policy = tracker.policy().clone();
     tracing::info!(
         node = %node,
         backend = backend.name(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::cli::InventoryArgs;
 use crate::config::{self, Config, LoadError};
 use crate::gpu::{self, BackendError, GpuBackend, Inventory};
-use crate::health::HealthState;
+use crate::health::{HealthEnv, HealthTracker};
 use crate::resources::BuildError;
 use crate::snapshot::Snapshot;
 
@@ -105,11 +105,14 @@ pub fn build_failure(errors: Vec<BuildError>) -> Fatal {
     }
 }
 
-/// Everything `list` (and `plan`) show: what `run` would advertise right now.
+/// The node as `run` starts from, and as `list` and `plan` show it: what `run` would advertise.
 pub struct NodeView {
     pub node: String,
     pub backend: Arc<dyn GpuBackend>,
     pub snapshot: Snapshot,
+    /// Health so far (lost GPUs), under the config's and NVIDIA's env health policy.
+    pub tracker: HealthTracker,
+    pub health_env: HealthEnv,
 }
 
 /// Read the node once: config, backend, inventory, health, resources.
@@ -119,17 +122,23 @@ pub fn load_node(args: &InventoryArgs) -> Result<NodeView, Fatal> {
     let inventory = backend
         .inventory()
         .map_err(|e| Fatal::Other(e.to_string()))?;
-    let health = HealthState::default().with_lost(backend.lost_gpus());
+    let health_env = HealthEnv::from_process();
+    let tracker =
+        HealthTracker::new(health_env.policy(&config.health)).with_lost(backend.lost_gpus());
     let node = node_name(args.node_name.as_deref(), &inventory);
-    let snapshot = Snapshot::build(Arc::new(inventory), Arc::new(config), Arc::new(health))
-        .map_err(build_failure)?;
-    for warning in snapshot.warnings.iter() {
-        tracing::warn!("{warning}");
-    }
+    let snapshot = Snapshot::build(
+        Arc::new(inventory),
+        Arc::new(config),
+        Arc::new(tracker.state()),
+    )
+    .map_err(build_failure)?;
+    snapshot.log_warnings();
     Ok(NodeView {
         node,
         backend,
         snapshot,
+        tracker,
+        health_env,
     })
 }
 

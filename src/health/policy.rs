@@ -74,6 +74,31 @@ fn parse_env(name: &str, value: Option<&str>) -> EnvXids {
     out
 }
 
+/// NVIDIA's health-check environment variables, read once at start: the policy is rebuilt from
+/// them and the config's `health:` on every config reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthEnv {
+    /// `DP_DISABLE_HEALTHCHECKS`.
+    pub disable: Option<String>,
+    /// `DP_ENABLE_HEALTHCHECKS`.
+    pub enable: Option<String>,
+}
+
+impl HealthEnv {
+    /// The variables of this process.
+    pub fn from_process() -> Self {
+        Self {
+            disable: std::env::var(ENV_DISABLE).ok(),
+            enable: std::env::var(ENV_ENABLE).ok(),
+        }
+    }
+
+    /// The policy for the config's `health:` section under these variables.
+    pub fn policy(&self, settings: &HealthSettings) -> HealthPolicy {
+        HealthPolicy::new(settings, self.disable.as_deref(), self.enable.as_deref())
+    }
+}
+
 impl HealthPolicy {
     /// Combine the config's `health:` with NVIDIA's environment variables (their values, `None`
     /// when unset).
