@@ -100,6 +100,7 @@ pub fn apply_batch(tracker: &mut HealthTracker, batch: &Batch, now: Instant) -> 
             xid,
         } = event
         {
+            // tests/health.rs waits for this event (message "XID", field `xid`).
             tracing::debug!(
                 gpu = %gpu_uuid,
                 mig = mig_uuid.as_deref().unwrap_or(""),

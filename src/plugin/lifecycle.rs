@@ -191,6 +191,7 @@ async fn supervise(ctx: PluginContext, resource: String, mut stop: watch::Receiv
             match registration::register(&kubelet_socket, &resource, &endpoint).await {
                 Ok(()) => {
                     ctx.status.set_registered(&resource, true);
+                    // Integration tests wait for this message and the one below: keep their text.
                     tracing::info!(endpoint = %endpoint, attempt, "registered with the kubelet");
                     backoff.reset();
                     break Some((seen, identity));
