@@ -64,11 +64,33 @@ fn minor_version(v: &str) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
-/// The newest `rust-version` among the locked packages, ours included.
+/// The target this test runs on (`rustc -vV`'s `host:` line): the image is built for Linux, and
+/// the build on this machine downloaded exactly that target's packages.
+fn host_target() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("run rustc -vV");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV prints host:")
+        .trim()
+        .to_string()
+}
+
+/// The newest `rust-version` among the locked packages the Linux build uses, ours included.
+///
+/// `--filter-platform` matters: without it cargo metadata wants every package of Cargo.lock,
+/// Windows-only ones included, which a Linux `cargo build` never downloads, so on a fresh machine
+/// (empty cargo cache) `--offline` fails. With it, the packages this very test run was built
+/// from are enough.
 fn newest_rust_version_in_lock() -> (u32, u32) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let out = Command::new(cargo)
         .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["--filter-platform", &host_target()])
         .current_dir(ROOT)
         .output()
         .expect("run cargo metadata");
