@@ -30,7 +30,7 @@ use gpu_agent::gpu::{GpuBackend, HealthEvent};
 use gpu_agent::health::queue::{self, EventSender};
 use gpu_agent::health::watcher::{self, XidCounts};
 use gpu_agent::health::{HealthPolicy, HealthState, HealthTracker};
-use gpu_agent::plugin::{kubelet_watch, manager, PluginContext, StatusBoard};
+use gpu_agent::plugin::{manager, PluginContext, StatusBoard};
 use gpu_agent::proto::v1beta1::ListAndWatchResponse;
 use gpu_agent::resources::ids;
 use gpu_agent::snapshot::Snapshot;
@@ -238,9 +238,8 @@ async fn pipeline() -> Result<Pipeline> {
     let dir = tempfile::tempdir()?;
     let mut kubelet = TestKubelet::start(dir.path()).await;
     let ctx = PluginContext {
-        dir: dir.path().to_path_buf(),
+        dir: kubelet.dir().to_path_buf(),
         snapshots: snapshot_rx,
-        kubelet: kubelet_watch::spawn(dir.path().join("kubelet.sock")),
         status: StatusBoard::default(),
     };
     tokio::spawn(manager::run(ctx, shutdown_rx));

@@ -3,7 +3,6 @@
 //! it the way the kubelet connects. For benches that time RPCs without a second process.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,10 +73,7 @@ impl InProcessPlugin {
             snapshot_rx,
             StatusBoard::default(),
             stop_rx.clone(),
-            StreamEvents {
-                generation: Arc::new(AtomicU64::new(0)),
-                dropped,
-            },
+            StreamEvents::new(dropped),
         );
         let listener = {
             let _guard = server.enter();

@@ -13,7 +13,7 @@ use super::AgentStats;
 use crate::config::{self, Config, Overrides};
 
 /// How often the file is re-read.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Run until `shutdown`. `candidates` receives every valid config that differs from the last one.
 pub async fn run(

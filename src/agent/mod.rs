@@ -150,11 +150,14 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         shutdown.clone(),
     ));
 
-    let kubelet = kubelet_watch::spawn(args.device_plugin_dir.join(KUBELET_SOCKET));
+    tokio::spawn(kubelet_watch::log_changes(
+        args.device_plugin_dir.clone(),
+        KUBELET_SOCKET,
+        shutdown.clone(),
+    ));
     let ctx = PluginContext {
         dir: args.device_plugin_dir.clone(),
         snapshots: snapshots.clone(),
-        kubelet,
         status: status.clone(),
     };
     let handles = Handles {

@@ -1,23 +1,58 @@
-//! One resource's plugin from start to stop: serve on its socket, register, and start over
-//! whenever the kubelet restarts, our socket is removed, or the kubelet drops our stream.
+//! One resource's plugin from start to stop, as an explicit state machine.
+//!
+//! The kubelet's side of a restart (k8s.io/kubernetes `pkg/kubelet/cm/devicemanager`) decides its
+//! shape: the old kubelet exits (our ListAndWatch stream drops; its `kubelet.sock` stays behind,
+//! refusing connections, often for 10 s or more); the new kubelet deletes every non-directory
+//! entry of the device-plugin directory but its checkpoint (`CleanupPluginDirectory`; sockets only
+//! from 1.33), our socket included, and microseconds later binds a new `kubelet.sock`. Inside
+//! Register the kubelet dials our socket (10 s deadline) and asks for our options; a plugin that
+//! registers a socket the wipe deleted is never reached and must notice by itself.
+//!
+//! | state               | event                                                   | next              |
+//! |---------------------|---------------------------------------------------------|-------------------|
+//! | `WaitingForDir`     | the device-plugin directory exists                      | `Serve`           |
+//! | `Serve`             | (stops the previous server first) bound and serving     | `Register`        |
+//! | `Serve`             | the directory is missing                                | `WaitingForDir`   |
+//! | `Serve`             | bind failed                                             | `Serve`, back-off |
+//! | `Register`          | our socket is not ours any more, or the server exited   | `Serve`           |
+//! | `Register`          | no `kubelet.sock`                                       | `WaitingForKubelet` |
+//! | `Register`          | accepted                                                | `Registered`      |
+//! | `Register`          | `kubelet.sock` refuses connections or is gone           | `WaitingForKubelet` |
+//! | `Register`          | during the call: a new `kubelet.sock`, or our socket lost | `Serve`         |
+//! | `Register`          | rejected or timed out                                   | `Register`, back-off (`Serve` if our socket went) |
+//! | `Registered`        | a new `kubelet.sock`                                    | `Serve`           |
+//! | `Registered`        | our socket deleted or replaced, or the server exited    | `Serve`           |
+//! | `Registered`        | the kubelet's stream ended, the kubelet still listens   | `Serve`           |
+//! | `Registered`        | the kubelet's stream ended, `kubelet.sock` is stale     | `WaitingForKubelet` |
+//! | `WaitingForKubelet` | a new `kubelet.sock`, or the old one listens again      | `Serve`           |
+//! | any                 | stop                                                    | `Stopped`: socket removed |
+//!
+//! Invariants, each kept by one place in this file:
+//! - Register is only called while our path names the socket our running server listens on
+//!   ([`Served::is_ours`], checked right before the call and watched during it).
+//! - A new `kubelet.sock` always leads to serve-then-register, whatever state we are in: the
+//!   new kubelet has just wiped the directory and knows nothing of us.
+//! - `Serve` stops the previous server (ending its stream) before anything else, so the kubelet
+//!   never sees an old stream end after a new registration: kubelets up to 1.34 disconnect the
+//!   *new* client when that happens (kubernetes#121994).
+//! - Waiting (for the directory or for a kubelet) logs one line when it starts, then nothing.
+//! - Only the stream the kubelet opened for the current registration counts; others (from other
+//!   clients, or from earlier registrations) may come and go.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::Server;
 use tracing::Instrument;
 
-use super::kubelet_watch::{self, KubeletState, SocketIdentity};
-use super::registration;
-use super::server::{PluginService, StreamEvents};
+use super::kubelet_watch::{self, Probe, SocketIdentity};
+use super::registration::{self, REGISTER_TIMEOUT};
+use super::served::Served;
+use super::server::StreamEvents;
 use super::status::StatusBoard;
-use crate::proto::v1beta1::{device_plugin_server::DevicePluginServer, KUBELET_SOCKET};
+use crate::proto::v1beta1::KUBELET_SOCKET;
 use crate::resources::names;
 use crate::snapshot::Snapshot;
 
@@ -27,12 +62,11 @@ pub struct PluginContext {
     /// The kubelet's device-plugin directory.
     pub dir: PathBuf,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
-    pub kubelet: watch::Receiver<KubeletState>,
     pub status: StatusBoard,
 }
 
-/// Retry delays while the kubelet is absent: 100 ms doubling to 5 s. A new `kubelet.sock` cuts
-/// any wait short.
+/// Retry delays after a failure that waiting alone will not cure (a rejected Register, a failed
+/// bind): 100 ms doubling to 5 s. A new `kubelet.sock` cuts any wait short.
 #[derive(Debug)]
 struct Backoff {
     next: Duration,
@@ -55,90 +89,58 @@ impl Backoff {
     }
 }
 
+/// While waiting for a kubelet whose socket is stale, how often to check whether it listens
+/// again after all (it never should: a new kubelet makes a new socket; this only guards against
+/// a misread).
+const STALE_RECHECK: Duration = Duration::from_secs(1);
+
+/// The plugin's states; see the module documentation for the transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Restart {
-    Stop,
+enum State {
+    WaitingForDir,
+    Serve(Why),
+    Register,
+    Registered {
+        kubelet: SocketIdentity,
+        generation: u64,
+    },
+    WaitingForKubelet {
+        stale: Option<SocketIdentity>,
+    },
+    Stopped,
+}
+
+/// Why a plugin (re)serves: logged, and the integration tests read these texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    Start,
+    DirCreated,
     KubeletRestarted,
     SocketRemoved,
     StreamDropped,
     ServerExited,
+    BindFailed,
 }
 
-impl Restart {
-    /// For logs.
+impl Why {
     fn as_str(self) -> &'static str {
         match self {
-            Restart::Stop => "stop",
-            Restart::KubeletRestarted => "kubelet.sock re-created (kubelet restart)",
-            Restart::SocketRemoved => "our socket was removed",
-            Restart::StreamDropped => "the kubelet dropped the ListAndWatch stream",
-            Restart::ServerExited => "the gRPC server exited",
+            Why::Start => "start",
+            Why::DirCreated => "the device-plugin directory appeared",
+            Why::KubeletRestarted => "kubelet.sock re-created (kubelet restart)",
+            Why::SocketRemoved => "our socket was removed",
+            Why::StreamDropped => "the kubelet dropped the ListAndWatch stream",
+            Why::ServerExited => "the gRPC server exited",
+            Why::BindFailed => "retrying after a failed bind",
         }
     }
 }
 
-/// The kubelet socket the watcher sees now is a new one: not the one we registered with. The
-/// generation check keeps a watcher that has not yet caught up with the socket we registered
-/// with (it still reports the previous one) from looking like a restart.
-fn kubelet_restarted(
-    now: &KubeletState,
-    generation_at_register: u64,
-    registered_with: Option<SocketIdentity>,
-) -> bool {
-    now.generation != generation_at_register
-        && now.identity.is_some()
-        && now.identity != registered_with
-}
-
-/// A running gRPC server on the plugin socket.
-struct Served {
-    stopping: watch::Sender<bool>,
-    handle: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl Served {
-    fn start(
-        ctx: &PluginContext,
-        resource: &str,
-        socket: &Path,
-        events: StreamEvents,
-    ) -> std::io::Result<Self> {
-        match std::fs::remove_file(socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let listener = UnixListener::bind(socket)?;
-        let (stopping, stop_rx) = watch::channel(false);
-        let service = PluginService::new(
-            resource.to_string(),
-            ctx.snapshots.clone(),
-            ctx.status.clone(),
-            stop_rx.clone(),
-            events,
-        );
-        let mut shutdown = stop_rx;
-        let handle = tokio::spawn(
-            Server::builder()
-                .add_service(DevicePluginServer::new(service))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-                    crate::sync::until_true(&mut shutdown).await
-                }),
-        );
-        Ok(Self { stopping, handle })
-    }
-
-    /// Stop serving: end open streams, then wait (briefly) for the server to finish.
-    async fn stop(self) {
-        let _ = self.stopping.send(true);
-        let mut handle = self.handle;
-        if tokio::time::timeout(Duration::from_secs(2), &mut handle)
-            .await
-            .is_err()
-        {
-            handle.abort();
-        }
-    }
+/// What ended a pause.
+enum Woken {
+    Stop,
+    Elapsed,
+    NewKubelet,
 }
 
 /// Run the plugin for `resource` until `stop` turns true; then remove its socket. Everything it
@@ -146,135 +148,287 @@ impl Served {
 pub async fn run(ctx: PluginContext, resource: String, stop: watch::Receiver<bool>) {
     let socket = ctx.dir.join(names::socket_file(&resource));
     let span = tracing::info_span!("plugin", resource = %resource, socket = %socket.display());
-    supervise(ctx, resource, stop).instrument(span).await
+    let (dropped_tx, dropped) = mpsc::channel(8);
+    let mut plugin = Plugin {
+        endpoint: names::socket_file(&resource),
+        kubelet_socket: ctx.dir.join(KUBELET_SOCKET),
+        events: StreamEvents::new(dropped_tx),
+        served: None,
+        backoff: Backoff::new(),
+        dropped,
+        stop,
+        socket,
+        resource,
+        ctx,
+    };
+    plugin.run().instrument(span).await
 }
 
-async fn supervise(ctx: PluginContext, resource: String, mut stop: watch::Receiver<bool>) {
-    let endpoint = names::socket_file(&resource);
-    let socket = ctx.dir.join(&endpoint);
-    let kubelet_socket = ctx.dir.join(KUBELET_SOCKET);
-    let generation = Arc::new(AtomicU64::new(0));
-    let (dropped_tx, mut dropped_rx) = mpsc::channel::<u64>(8);
-    let mut kubelet = ctx.kubelet.clone();
-    let mut backoff = Backoff::new();
+struct Plugin {
+    ctx: PluginContext,
+    resource: String,
+    /// Our socket's file name, as Register sends it.
+    endpoint: String,
+    socket: PathBuf,
+    kubelet_socket: PathBuf,
+    events: StreamEvents,
+    dropped: mpsc::Receiver<u64>,
+    served: Option<Served>,
+    backoff: Backoff,
+    stop: watch::Receiver<bool>,
+}
 
-    loop {
-        if *stop.borrow() {
-            break;
+impl Plugin {
+    async fn run(&mut self) {
+        let mut state = State::Serve(Why::Start);
+        loop {
+            if *self.stop.borrow() {
+                state = State::Stopped;
+            }
+            tracing::debug!(?state, "plugin state");
+            state = match state {
+                State::WaitingForDir => self.wait_for_dir().await,
+                State::Serve(why) => self.serve(why).await,
+                State::Register => self.register().await,
+                State::Registered {
+                    kubelet,
+                    generation,
+                } => self.registered(kubelet, generation).await,
+                State::WaitingForKubelet { stale } => self.wait_for_kubelet(stale).await,
+                State::Stopped => break,
+            };
         }
-        let events = StreamEvents {
-            generation: generation.clone(),
-            dropped: dropped_tx.clone(),
-        };
-        let served = match Served::start(&ctx, &resource, &socket, events) {
-            Ok(s) => s,
+        self.ctx.status.set_registered(&self.resource, false);
+        if let Some(served) = self.served.take() {
+            served.stop().await;
+        }
+        match std::fs::remove_file(&self.socket) {
+            Ok(()) => tracing::info!("stopped; socket removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(%error, "stopped; could not remove socket"),
+        }
+    }
+
+    /// Nowhere to serve until the kubelet creates the directory (logged once, for all plugins,
+    /// by [`kubelet_watch::log_changes`]).
+    async fn wait_for_dir(&mut self) -> State {
+        self.ctx.status.set_registered(&self.resource, false);
+        let mut ticker = tokio::time::interval(kubelet_watch::POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = crate::sync::until_true(&mut self.stop) => return State::Stopped,
+                _ = ticker.tick() => if self.ctx.dir.is_dir() {
+                    return State::Serve(Why::DirCreated);
+                },
+            }
+        }
+    }
+
+    /// Stop the previous server, then bind and serve afresh.
+    async fn serve(&mut self, why: Why) -> State {
+        self.ctx.status.set_registered(&self.resource, false);
+        if let Some(old) = self.served.take() {
+            old.stop().await;
+        }
+        match why {
+            Why::Start | Why::BindFailed => {}
+            // What a kubelet does when it starts: expected, not worth a warning.
+            Why::DirCreated | Why::KubeletRestarted => {
+                tracing::info!(reason = why.as_str(), "serving and registering afresh")
+            }
+            Why::SocketRemoved | Why::StreamDropped | Why::ServerExited => {
+                tracing::warn!(reason = why.as_str(), "re-serving and re-registering")
+            }
+        }
+        if !self.ctx.dir.is_dir() {
+            return State::WaitingForDir;
+        }
+        match Served::start(&self.ctx, &self.resource, &self.socket, self.events.clone()) {
+            Ok(served) => {
+                self.served = Some(served);
+                tracing::info!("serving");
+                State::Register
+            }
+            Err(error) if !self.ctx.dir.is_dir() => {
+                tracing::debug!(%error, "the device-plugin directory went away while binding");
+                State::WaitingForDir
+            }
             Err(error) => {
-                let delay = backoff.next();
+                let delay = self.backoff.next();
                 tracing::error!(
                     %error,
                     retry_in = ?delay,
-                    "cannot serve on the plugin socket; check that --device-plugin-dir exists and is writable by the agent (in the DaemonSet: the hostPath mount of /var/lib/kubelet/device-plugins)"
+                    "cannot serve on the plugin socket; check that --device-plugin-dir is writable by the agent (in the DaemonSet: the hostPath mount of /var/lib/kubelet/device-plugins)"
                 );
-                if wait(delay, &mut stop, &mut kubelet).await {
-                    break;
+                match self.pause(delay).await {
+                    Woken::Stop => State::Stopped,
+                    Woken::Elapsed => State::Serve(Why::BindFailed),
+                    Woken::NewKubelet => State::Serve(Why::KubeletRestarted),
                 }
-                continue;
             }
-        };
-        tracing::info!("serving");
+        }
+    }
 
-        // Register, retrying with back-off while the kubelet is absent.
-        let registered = loop {
-            let seen = kubelet.borrow().generation;
-            let identity = kubelet_watch::identity(&kubelet_socket);
-            let attempt = generation.fetch_add(1, Ordering::SeqCst) + 1;
-            match registration::register(&kubelet_socket, &resource, &endpoint).await {
-                Ok(()) => {
-                    ctx.status.set_registered(&resource, true);
-                    // Integration tests wait for this message and the one below: keep their text.
-                    tracing::info!(endpoint = %endpoint, attempt, "registered with the kubelet");
-                    backoff.reset();
-                    break Some((seen, identity));
+    /// One Register call, made only while our socket is ours, and abandoned when the socket goes
+    /// or a new kubelet appears during it.
+    async fn register(&mut self) -> State {
+        let Some(served) = self.served.as_ref() else {
+            return State::Serve(Why::ServerExited);
+        };
+        if !served.is_ours() {
+            return State::Serve(if served.exited() {
+                Why::ServerExited
+            } else {
+                Why::SocketRemoved
+            });
+        }
+        let Some(kubelet) = kubelet_watch::identity(&self.kubelet_socket) else {
+            return State::WaitingForKubelet { stale: None };
+        };
+        let attempt = self.events.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let call = tokio::time::timeout(
+            REGISTER_TIMEOUT,
+            registration::register(&self.kubelet_socket, &self.resource, &self.endpoint),
+        );
+        let outcome = tokio::select! {
+            _ = crate::sync::until_true(&mut self.stop) => return State::Stopped,
+            _ = served.lost() => return State::Serve(Why::SocketRemoved),
+            _ = kubelet_replaced(&self.kubelet_socket, Some(kubelet)) => {
+                return State::Serve(Why::KubeletRestarted)
+            }
+            outcome = call => outcome,
+        };
+        let error = match outcome {
+            Ok(Ok(())) => {
+                self.ctx.status.set_registered(&self.resource, true);
+                // Integration tests wait for this message: keep its text.
+                tracing::info!(endpoint = %self.endpoint, attempt, "registered with the kubelet");
+                self.backoff.reset();
+                return State::Registered {
+                    kubelet,
+                    generation: attempt,
+                };
+            }
+            Ok(Err(error)) if error.kubelet_unreachable() => {
+                tracing::debug!(%error, "kubelet.sock does not answer");
+                return State::WaitingForKubelet {
+                    stale: Some(kubelet),
+                };
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {REGISTER_TIMEOUT:?}"),
+        };
+        if !served.is_ours() {
+            return State::Serve(Why::SocketRemoved);
+        }
+        let delay = self.backoff.next();
+        tracing::warn!(
+            kubelet_socket = %self.kubelet_socket.display(),
+            %error,
+            retry_in = ?delay,
+            "registration failed; retrying"
+        );
+        match self.pause(delay).await {
+            Woken::Stop => State::Stopped,
+            Woken::Elapsed => State::Register,
+            Woken::NewKubelet => State::Serve(Why::KubeletRestarted),
+        }
+    }
+
+    /// Registered with the kubelet whose socket is `kubelet`, under registration `generation`:
+    /// wait for whatever ends it.
+    async fn registered(&mut self, kubelet: SocketIdentity, generation: u64) -> State {
+        let Some(served) = self.served.as_ref() else {
+            return State::Serve(Why::ServerExited);
+        };
+        let why = tokio::select! {
+            _ = crate::sync::until_true(&mut self.stop) => return State::Stopped,
+            _ = kubelet_replaced(&self.kubelet_socket, Some(kubelet)) => Why::KubeletRestarted,
+            _ = served.lost() => if served.exited() { Why::ServerExited } else { Why::SocketRemoved },
+            _ = stream_dropped(&mut self.dropped, generation) => Why::StreamDropped,
+        };
+        self.ctx.status.set_registered(&self.resource, false);
+        match why {
+            Why::StreamDropped => match kubelet_watch::probe(&self.kubelet_socket).await {
+                // The kubelet is there and dropped us: register again.
+                Probe::Listening => State::Serve(why),
+                // The kubelet exited (its stream went with it): the next one will wipe the
+                // directory, so serving now would be wasted; wait for its socket.
+                _ => State::WaitingForKubelet {
+                    stale: kubelet_watch::identity(&self.kubelet_socket),
+                },
+            },
+            Why::ServerExited => {
+                let delay = self.backoff.next();
+                match self.pause(delay).await {
+                    Woken::Stop => State::Stopped,
+                    _ => State::Serve(why),
                 }
-                Err(error) => {
-                    let delay = backoff.next();
-                    tracing::warn!(
-                        kubelet_socket = %kubelet_socket.display(),
-                        %error,
-                        retry_in = ?delay,
-                        "kubelet not reachable; waiting for it"
-                    );
-                    if wait(delay, &mut stop, &mut kubelet).await {
-                        break None;
+            }
+            _ => State::Serve(why),
+        }
+    }
+
+    /// No kubelet answers: log once, then wait quietly for a new `kubelet.sock`.
+    async fn wait_for_kubelet(&mut self, stale: Option<SocketIdentity>) -> State {
+        self.ctx.status.set_registered(&self.resource, false);
+        // Integration tests wait for this message: keep its text.
+        tracing::warn!(
+            kubelet_socket = %self.kubelet_socket.display(),
+            stale = stale.is_some(),
+            "kubelet not reachable; waiting for it (a new kubelet.sock)"
+        );
+        loop {
+            tokio::select! {
+                _ = crate::sync::until_true(&mut self.stop) => return State::Stopped,
+                _ = kubelet_replaced(&self.kubelet_socket, stale) => {
+                    return State::Serve(Why::KubeletRestarted)
+                }
+                _ = tokio::time::sleep(STALE_RECHECK), if stale.is_some() => {
+                    if kubelet_watch::identity(&self.kubelet_socket) == stale
+                        && kubelet_watch::probe(&self.kubelet_socket).await == Probe::Listening
+                    {
+                        return State::Serve(Why::KubeletRestarted);
                     }
                 }
             }
-        };
-        let Some((seen, registered_with)) = registered else {
-            served.stop().await;
-            break;
-        };
-
-        let mut served = served;
-        let current = generation.load(Ordering::SeqCst);
-        let reason = tokio::select! {
-            _ = crate::sync::until_true(&mut stop) => Restart::Stop,
-            _ = crate::sync::until(&mut kubelet, |k| kubelet_restarted(k, seen, registered_with)) => Restart::KubeletRestarted,
-            _ = socket_removed(&socket) => Restart::SocketRemoved,
-            _ = stream_dropped(&mut dropped_rx, &generation, current) => Restart::StreamDropped,
-            _ = &mut served.handle => Restart::ServerExited,
-        };
-        ctx.status.set_registered(&resource, false);
-        served.stop().await;
-        if reason == Restart::Stop {
-            break;
-        }
-        tracing::warn!(reason = reason.as_str(), "re-serving and re-registering");
-        if reason == Restart::ServerExited && wait(backoff.next(), &mut stop, &mut kubelet).await {
-            break;
         }
     }
 
-    ctx.status.set_registered(&resource, false);
-    match std::fs::remove_file(&socket) {
-        Ok(()) => tracing::info!("stopped; socket removed"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => tracing::warn!(%error, "stopped; could not remove socket"),
+    /// Sleep `delay`, cut short by stop or a new kubelet socket.
+    async fn pause(&mut self, delay: Duration) -> Woken {
+        let seen = kubelet_watch::identity(&self.kubelet_socket);
+        tokio::select! {
+            _ = crate::sync::until_true(&mut self.stop) => Woken::Stop,
+            _ = tokio::time::sleep(delay) => Woken::Elapsed,
+            _ = kubelet_replaced(&self.kubelet_socket, seen) => Woken::NewKubelet,
+        }
     }
 }
 
-/// Sleep `delay`, cut short by a new kubelet socket. True when the plugin must stop.
-async fn wait(
-    delay: Duration,
-    stop: &mut watch::Receiver<bool>,
-    kubelet: &mut watch::Receiver<KubeletState>,
-) -> bool {
-    let seen = kubelet.borrow().generation;
-    tokio::select! {
-        _ = crate::sync::until_true(stop) => true,
-        _ = tokio::time::sleep(delay) => false,
-        _ = crate::sync::until(kubelet, |k| k.present() && k.generation != seen) => false,
-    }
-}
-
-/// Resolves when our socket file disappears (the kubelet wipes the directory when it starts).
-async fn socket_removed(socket: &Path) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(250));
+/// Resolves when `kubelet.sock` is a socket other than `seen`: a kubelet started since `seen` was
+/// read. Reads the file itself (every [`kubelet_watch::POLL_INTERVAL`]) rather than the shared
+/// watcher, so that it compares like with like: an identity read a moment ago against the file
+/// now, never against a watcher that has not caught up yet.
+async fn kubelet_replaced(path: &Path, seen: Option<SocketIdentity>) {
+    let mut ticker = tokio::time::interval(kubelet_watch::POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        if std::fs::symlink_metadata(socket).is_err() {
+        let now = kubelet_watch::identity(path);
+        if now.is_some() && now != seen {
             return;
         }
     }
 }
 
-/// Resolves when a stream opened under registration `current` (or later) is dropped by the
-/// kubelet. Streams of earlier registrations end when the kubelet replaces its endpoint; those
-/// are expected and ignored.
-async fn stream_dropped(rx: &mut mpsc::Receiver<u64>, generation: &AtomicU64, current: u64) {
+/// Resolves when the kubelet's stream of registration `generation` is dropped. Streams of earlier
+/// registrations end when the kubelet replaces its endpoint; those are expected and ignored.
+async fn stream_dropped(rx: &mut mpsc::Receiver<u64>, generation: u64) {
     loop {
         match rx.recv().await {
-            Some(g) if g >= current && g == generation.load(Ordering::SeqCst) => return,
+            Some(g) if g == generation => return,
             Some(_) => continue,
             None => std::future::pending::<()>().await,
         }
@@ -285,27 +439,30 @@ async fn stream_dropped(rx: &mut mpsc::Receiver<u64>, generation: &AtomicU64, cu
 mod tests {
     use super::*;
 
-    fn state(generation: u64, identity: Option<SocketIdentity>) -> KubeletState {
-        KubeletState {
-            generation,
-            identity,
-        }
+    #[test]
+    fn backoff_doubles_to_five_seconds_and_resets() {
+        let mut b = Backoff::new();
+        let delays: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(100));
     }
 
-    #[test]
-    fn a_restart_is_a_new_socket_not_a_watcher_catching_up() {
-        let old = Some((1, 10, 100, 0));
-        let ours = Some((1, 11, 101, 0));
-        let newer = Some((1, 12, 102, 0));
-        // Registered with `ours` while the watcher still showed `old` at generation 3.
-        assert!(!kubelet_restarted(&state(3, old), 3, ours));
-        // The watcher catches up: same socket, no restart.
-        assert!(!kubelet_restarted(&state(4, ours), 3, ours));
-        // The kubelet goes away: nothing to register with yet.
-        assert!(!kubelet_restarted(&state(4, None), 3, ours));
-        // A newer socket: restart.
-        assert!(kubelet_restarted(&state(5, newer), 3, ours));
-        // The watcher jumped straight past ours to a newer one: restart.
-        assert!(kubelet_restarted(&state(4, newer), 3, ours));
+    #[tokio::test]
+    async fn only_the_current_registrations_stream_counts() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tx.send(3).await.unwrap();
+        tx.send(4).await.unwrap();
+        // A drop from registration 3 is history once 4 is current.
+        tokio::time::timeout(Duration::from_secs(1), stream_dropped(&mut rx, 4))
+            .await
+            .expect("generation 4's drop is seen");
+        tx.send(3).await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), stream_dropped(&mut rx, 4))
+                .await
+                .is_err(),
+            "an older stream's end must not count"
+        );
     }
 }

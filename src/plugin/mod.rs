@@ -4,6 +4,7 @@ pub mod kubelet_watch;
 pub mod lifecycle;
 pub mod manager;
 pub mod registration;
+pub mod served;
 pub mod server;
 pub mod status;
 pub mod uds;

@@ -54,8 +54,29 @@ pub fn device_list(resource: Option<&Resource>) -> Vec<v1beta1::Device> {
 pub struct StreamEvents {
     /// Registration generation; bumped before each Register call.
     pub generation: Arc<AtomicU64>,
-    /// A stream of the current generation was dropped by the kubelet.
+    /// The newest generation whose stream has been opened. The kubelet opens exactly one stream
+    /// per registration, from inside Register (`connectClient` → `runClient`), so the first
+    /// stream of a generation is the kubelet's; later ones come from other clients, and their
+    /// coming and going says nothing about our registration.
+    pub claimed: Arc<AtomicU64>,
+    /// The kubelet's stream of this generation was dropped by the client.
     pub dropped: mpsc::Sender<u64>,
+}
+
+impl StreamEvents {
+    pub fn new(dropped: mpsc::Sender<u64>) -> Self {
+        Self {
+            generation: Arc::new(AtomicU64::new(0)),
+            claimed: Arc::new(AtomicU64::new(0)),
+            dropped,
+        }
+    }
+
+    /// Called when a stream opens under `generation`: true when it is that registration's
+    /// first stream, i.e. the kubelet's.
+    fn claim(&self, generation: u64) -> bool {
+        generation > 0 && self.claimed.fetch_max(generation, Ordering::SeqCst) < generation
+    }
 }
 
 /// DevicePlugin service of one resource.
@@ -124,8 +145,9 @@ impl DevicePlugin for PluginService {
         let status = self.status.clone();
         let events = self.events.clone();
         let generation = events.generation.load(Ordering::SeqCst);
+        let kubelets = events.claim(generation);
         status.stream_opened(&resource);
-        tracing::info!(resource = %resource, generation, "ListAndWatch stream opened");
+        tracing::info!(resource = %resource, generation, kubelets, "ListAndWatch stream opened");
         tokio::spawn(async move {
             snapshots.mark_changed();
             // The resource as last sent: compared before any message is built, so a snapshot
@@ -160,8 +182,8 @@ impl DevicePlugin for PluginService {
                 }
             };
             status.stream_closed(&resource);
-            tracing::info!(resource = %resource, generation, dropped_by_kubelet, "ListAndWatch stream closed");
-            if dropped_by_kubelet {
+            tracing::info!(resource = %resource, generation, kubelets, dropped_by_kubelet, "ListAndWatch stream closed");
+            if dropped_by_kubelet && kubelets {
                 let _ = events.dropped.try_send(generation);
             }
         });
