@@ -1,99 +1,52 @@
-//! A kubelet stand-in for demos and hardware checks: serves `Registration` on
-//! `<dir>/kubelet.sock`, and for every plugin that registers, opens ListAndWatch and prints each
-//! device list as one JSON line. With `--allocate N` it then allocates the first N healthy devices
-//! of each resource and prints the response.
+//! A kubelet stand-in for demos and hardware checks: the same one the integration tests use
+//! (`tests/common/kubelet.rs`, written from the kubelet's device manager). It creates `--dir`,
+//! wipes it as a starting kubelet does (every file but `kubelet_internal_checkpoint`), binds
+//! `<dir>/kubelet.sock`, and for every plugin that registers dials it, opens ListAndWatch and
+//! prints each event as one JSON line. With `--allocate N` it allocates the first N healthy
+//! devices of each resource once and prints the response.
 //!
 //! ```sh
 //! cargo run --example test_kubelet -- --dir /tmp/gpu-agent-demo --allocate 1
 //! ```
+//!
+//! Ctrl-C makes it exit as a kubelet process does: connections drop, `kubelet.sock` stays behind
+//! until the next start deletes it. Start it again to see the agent come back.
 
+#[allow(dead_code)]
+#[path = "../tests/common/kubelet.rs"]
+mod kubelet;
+
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gpu_agent::plugin::uds;
-use gpu_agent::proto::v1beta1::{
-    device_plugin_client::DevicePluginClient,
-    registration_server::{Registration, RegistrationServer},
-    AllocateRequest, ContainerAllocateRequest, Empty, RegisterRequest,
-};
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
+use kubelet::{KubeletEvent, Plugin, TestKubelet};
 
-struct Kubelet {
-    dir: PathBuf,
-    allocate: usize,
+/// How long the stand-in waits for what should take milliseconds (`kubelet.rs` reads it).
+const WAIT: Duration = Duration::from_secs(20);
+
+fn print(value: serde_json::Value) {
+    println!("{value}");
 }
 
-#[tonic::async_trait]
-impl Registration for Kubelet {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
-        let r = request.into_inner();
-        println!(
-            "{}",
-            serde_json::json!({"event": "register", "resource": r.resource_name, "endpoint": r.endpoint, "version": r.version})
-        );
-        let socket = self.dir.join(&r.endpoint);
-        let allocate = self.allocate;
-        tokio::spawn(async move { watch(socket, r.resource_name, allocate).await });
-        Ok(Response::new(Empty {}))
+async fn allocate_once(kubelet: &TestKubelet, resource: &str, endpoint: &str, count: usize) {
+    let mut plugin = Plugin::open(kubelet, endpoint).await;
+    let ids: Vec<String> = plugin
+        .devices
+        .iter()
+        .filter(|d| d.health == "Healthy")
+        .take(count)
+        .map(|d| d.id.clone())
+        .collect();
+    match plugin.allocate(&ids).await {
+        Ok(c) => print(serde_json::json!({
+            "event": "allocate", "resource": resource, "devices": ids, "envs": c.envs,
+            "cdiDevices": c.cdi_devices.iter().map(|d| &d.name).collect::<Vec<_>>(),
+        })),
+        Err(e) => print(serde_json::json!({
+            "event": "allocate-error", "resource": resource, "error": e.message(),
+        })),
     }
-}
-
-async fn watch(socket: PathBuf, resource: String, allocate: usize) {
-    let channel = match uds::connect(&socket, Duration::from_secs(5), None).await {
-        Ok(c) => c,
-        Err(e) => return eprintln!("cannot connect to {}: {e}", socket.display()),
-    };
-    let mut client = DevicePluginClient::new(channel);
-    let mut stream = match client.list_and_watch(Empty {}).await {
-        Ok(s) => s.into_inner(),
-        Err(e) => return eprintln!("ListAndWatch on {resource}: {e}"),
-    };
-    let mut allocated = false;
-    while let Ok(Some(list)) = stream.message().await {
-        let devices: Vec<_> = list
-            .devices
-            .iter()
-            .map(|d| serde_json::json!({"id": d.id, "health": d.health}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"event": "list", "resource": resource, "devices": devices})
-        );
-        if allocate > 0 && !allocated {
-            allocated = true;
-            let ids: Vec<String> = list
-                .devices
-                .iter()
-                .filter(|d| d.health == "Healthy")
-                .take(allocate)
-                .map(|d| d.id.clone())
-                .collect();
-            let request = AllocateRequest {
-                container_requests: vec![ContainerAllocateRequest {
-                    devices_ids: ids.clone(),
-                }],
-            };
-            match client.allocate(request).await {
-                Ok(r) => {
-                    let c = &r.into_inner().container_responses[0];
-                    println!(
-                        "{}",
-                        serde_json::json!({"event": "allocate", "resource": resource, "devices": ids, "envs": c.envs, "cdiDevices": c.cdi_devices.iter().map(|d| &d.name).collect::<Vec<_>>()})
-                    );
-                }
-                Err(e) => println!(
-                    "{}",
-                    serde_json::json!({"event": "allocate-error", "resource": resource, "error": e.message()})
-                ),
-            }
-        }
-    }
-    println!(
-        "{}",
-        serde_json::json!({"event": "stream-closed", "resource": resource})
-    );
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -112,17 +65,50 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    std::fs::create_dir_all(&dir)?;
-    let socket = dir.join("kubelet.sock");
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)?;
-    eprintln!("test kubelet listening on {}", socket.display());
-    tonic::transport::Server::builder()
-        .add_service(RegistrationServer::new(Kubelet { dir, allocate }))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    let _ = std::fs::remove_file(&socket);
+    let mut kubelet = TestKubelet::at(&dir);
+    let mut events = kubelet.observe();
+    kubelet.serve();
+    eprintln!("test kubelet listening on {}", kubelet.socket().display());
+    let mut allocated = BTreeSet::new();
+    loop {
+        let event = tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        match event {
+            KubeletEvent::Register {
+                resource,
+                endpoint,
+                version,
+            } => print(serde_json::json!({
+                "event": "register", "resource": resource, "endpoint": endpoint, "version": version,
+            })),
+            KubeletEvent::RegisterFailed { resource, error } => print(serde_json::json!({
+                "event": "register-error", "resource": resource, "error": error,
+            })),
+            KubeletEvent::List {
+                resource,
+                endpoint,
+                devices,
+            } => {
+                let list: Vec<_> = devices
+                    .iter()
+                    .map(|d| serde_json::json!({"id": d.id, "health": d.health}))
+                    .collect();
+                print(serde_json::json!({"event": "list", "resource": resource, "devices": list}));
+                if allocate > 0 && allocated.insert(resource.clone()) {
+                    allocate_once(&kubelet, &resource, &endpoint, allocate).await;
+                }
+            }
+            KubeletEvent::StreamEnded { resource, result } => print(serde_json::json!({
+                "event": "stream-closed", "resource": resource,
+                "error": result.err(),
+            })),
+        }
+    }
+    kubelet.stop().await;
     Ok(())
 }

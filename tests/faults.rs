@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use gpu_agent::proto::v1beta1::ListAndWatchResponse;
-use tonic::Streaming;
 
 /// The value of the unlabelled counter `name` in a scrape of `addr` (None: no answer or absent).
 fn counter(addr: &str, name: &str) -> Option<f64> {
@@ -25,18 +23,6 @@ fn counter(addr: &str, name: &str) -> Option<f64> {
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// The stream sends nothing for `window`: the device list did not change.
-async fn assert_quiet(stream: &mut Streaming<ListAndWatchResponse>, window: Duration, what: &str) {
-    match tokio::time::timeout(window, stream.message()).await {
-        Err(_) => {}
-        Ok(Ok(Some(m))) => panic!(
-            "{what}: the device list changed to {} devices",
-            m.devices.len()
-        ),
-        Ok(other) => panic!("{what}: the ListAndWatch stream ended: {other:?}"),
-    }
 }
 
 /// Something done to the config file.
@@ -86,7 +72,7 @@ async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
         )
         .await;
         seen = failures(&addr).unwrap();
-        assert_quiet(&mut plugin.stream, Duration::from_millis(700), what).await;
+        plugin.assert_quiet(Duration::from_millis(700), what).await;
         plugin
             .allocate(&ids[0..2])
             .await

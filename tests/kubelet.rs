@@ -103,62 +103,107 @@ async fn unknown_device_ids_are_invalid_argument_naming_the_id() {
 async fn sigterm_removes_the_socket_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let (kubelet, mut agent, reg) = start_registered(dir.path(), &[]).await;
-    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
-    let socket = dir.path().join(GPU_ENDPOINT);
+    let plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    let socket = kubelet.dir().join(GPU_ENDPOINT);
     assert!(socket.exists());
 
     agent.signal(libc::SIGTERM);
-    // The open stream ends cleanly (status OK, no more messages), not with a broken connection.
-    let end = tokio::time::timeout(WAIT, plugin.stream.message())
-        .await
-        .expect("the ListAndWatch stream stayed open after SIGTERM");
-    assert!(
-        matches!(end, Ok(None)),
-        "the stream did not end cleanly: {end:?}"
-    );
+    // The kubelet's stream ends cleanly (status OK), not with a broken connection.
+    let end = plugin.ended().await;
+    assert_eq!(end, Ok(()), "the stream did not end cleanly");
     let status = agent
         .wait_exit(WAIT)
         .expect("agent did not exit after SIGTERM");
     assert_eq!(status.code(), Some(0), "logs:\n{}", agent.logs());
     assert!(!socket.exists(), "plugin socket left behind");
+    assert!(
+        kubelet.violations().is_empty(),
+        "{:?}",
+        kubelet.violations()
+    );
 }
 
+/// The quick start's order: the agent first, before the kubelet has even created the
+/// device-plugin directory. One warning, no error, and it registers once the kubelet starts.
 #[tokio::test]
 async fn waits_for_a_kubelet_that_starts_later() {
     let dir = tempfile::tempdir().unwrap();
     let mut kubelet = TestKubelet::absent(dir.path());
     let agent = Agent::spawn(dir.path(), &[]);
-    eventually("the agent to find no kubelet", || {
-        agent.logs().contains("kubelet not reachable")
+    eventually("the agent to find no device-plugin directory", || {
+        agent
+            .logs()
+            .contains("waiting for the kubelet to create it")
     })
     .await;
     assert!(kubelet
-        .registration_within(Duration::from_millis(10))
+        .registration_within(Duration::from_millis(500))
         .await
         .is_none());
     kubelet.serve();
     let reg = kubelet.next_registration().await;
     assert_eq!(reg.resource_name, "nvidia.com/gpu");
+    kubelet.until_healthy(&[("nvidia.com/gpu", 8)]).await;
+    let logs = agent.logs();
+    assert_eq!(logs.matches(" WARN ").count(), 1, "one warning:\n{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
     assert!(
-        agent.logs().contains("kubelet not reachable"),
-        "{}",
-        agent.logs()
+        kubelet.violations().is_empty(),
+        "{:?}",
+        kubelet.violations()
     );
+}
+
+/// The other order on a node: the directory exists, the kubelet is not up yet.
+#[tokio::test]
+async fn waits_quietly_for_a_kubelet_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut kubelet = TestKubelet::absent(dir.path());
+    std::fs::create_dir_all(kubelet.dir()).unwrap();
+    let agent = Agent::spawn(dir.path(), &[]);
+    eventually("the agent to find no kubelet", || {
+        agent.logs().contains("kubelet not reachable")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kubelet.serve();
+    kubelet.next_registration().await;
+    kubelet.until_healthy(&[("nvidia.com/gpu", 8)]).await;
+    let logs = agent.logs();
+    assert_eq!(
+        logs.matches("kubelet not reachable").count(),
+        1,
+        "one line while waiting, not one per retry:\n{logs}"
+    );
+    assert!(!logs.contains("ERROR"), "{logs}");
 }
 
 #[tokio::test]
 async fn re_registers_after_kubelet_restart() {
     let dir = tempfile::tempdir().unwrap();
     let (mut kubelet, _agent, _) = start_registered(dir.path(), &[]).await;
-    // Streams stay open like a kubelet's: a stream the client drops reads as "the kubelet
-    // dropped our stream", which itself re-registers, and that extra Register would be taken
-    // for the next restart's.
-    let mut plugins = Vec::new();
     for _ in 0..3 {
         kubelet.restart().await;
         let reg = kubelet.next_registration_from_current().await;
         let plugin = Plugin::open(&kubelet, &reg.endpoint).await;
         assert_eq!(plugin.devices.len(), 8);
-        plugins.push(plugin);
     }
+    assert!(
+        kubelet.violations().is_empty(),
+        "{:?}",
+        kubelet.violations()
+    );
+}
+
+/// The kubelet's own checks (`server.go` `Register`), as the stand-in applies them.
+#[test]
+fn the_stand_in_judges_resource_names_as_the_kubelet_does() {
+    assert!(is_extended_resource_name("nvidia.com/gpu"));
+    assert!(is_extended_resource_name("nvidia.com/mig-1g.10gb"));
+    assert!(is_extended_resource_name("nvidia.com/gpu.shared"));
+    assert!(!is_extended_resource_name("gpu"));
+    assert!(!is_extended_resource_name("kubernetes.io/gpu"));
+    assert!(!is_extended_resource_name("requests.nvidia.com/gpu"));
+    assert!(!is_extended_resource_name("nvidia.com/"));
+    assert!(!is_extended_resource_name("Nvidia.com/gpu"));
 }

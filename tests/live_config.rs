@@ -53,8 +53,8 @@ async fn start_shared(dir: &Path) -> (PathBuf, TestKubelet, Agent) {
 async fn config_edits_add_and_remove_resources_and_keep_unchanged_ones() {
     let dir = tempfile::tempdir().unwrap();
     let (config, mut kubelet, agent) = start_shared(dir.path()).await;
-    let gpu_socket = dir.path().join(GPU_SOCK);
-    let shared_socket = dir.path().join(SHARED_SOCK);
+    let gpu_socket = plugin_dir(dir.path()).join(GPU_SOCK);
+    let shared_socket = plugin_dir(dir.path()).join(SHARED_SOCK);
     let gpu_inode = inode(&gpu_socket);
     let mut gpu = Plugin::open(&kubelet, GPU_SOCK).await;
     assert_eq!(gpu.devices.len(), 6);
@@ -94,8 +94,11 @@ async fn config_edits_add_and_remove_resources_and_keep_unchanged_ones() {
 async fn invalid_edits_change_nothing_and_sighup_re_reads() {
     let dir = tempfile::tempdir().unwrap();
     let (config, mut kubelet, agent) = start_shared(dir.path()).await;
-    let shared_socket = dir.path().join(SHARED_SOCK);
-    let inodes = (inode(&dir.path().join(GPU_SOCK)), inode(&shared_socket));
+    let shared_socket = plugin_dir(dir.path()).join(SHARED_SOCK);
+    let inodes = (
+        inode(&plugin_dir(dir.path()).join(GPU_SOCK)),
+        inode(&shared_socket),
+    );
     let mut shared = Plugin::open(&kubelet, SHARED_SOCK).await;
     assert_eq!(shared.devices.len(), 4);
 
@@ -113,7 +116,10 @@ async fn invalid_edits_change_nothing_and_sighup_re_reads() {
     .await;
     assert_no_registration_of(&mut kubelet, "nvidia.com/gpu.shared", &[]).await;
     assert_eq!(
-        (inode(&dir.path().join(GPU_SOCK)), inode(&shared_socket)),
+        (
+            inode(&plugin_dir(dir.path()).join(GPU_SOCK)),
+            inode(&shared_socket)
+        ),
         inodes
     );
 
@@ -146,7 +152,10 @@ async fn invalid_edits_change_nothing_and_sighup_re_reads() {
     })
     .await;
     assert_eq!(
-        (inode(&dir.path().join(GPU_SOCK)), inode(&shared_socket)),
+        (
+            inode(&plugin_dir(dir.path()).join(GPU_SOCK)),
+            inode(&shared_socket)
+        ),
         inodes
     );
 
@@ -181,8 +190,8 @@ async fn mig_repartition_is_picked_up_without_a_restart() {
     kubelet
         .registrations_until(&["nvidia.com/gpu", "nvidia.com/mig-3g.40gb"])
         .await;
-    let gpu_inode = inode(&dir.path().join(GPU_SOCK));
-    let big_socket = dir.path().join("gpu-agent-nvidia.com_mig-3g.40gb.sock");
+    let gpu_inode = inode(&plugin_dir(dir.path()).join(GPU_SOCK));
+    let big_socket = plugin_dir(dir.path()).join("gpu-agent-nvidia.com_mig-3g.40gb.sock");
     assert!(big_socket.exists());
 
     replace_file(
@@ -194,7 +203,7 @@ async fn mig_repartition_is_picked_up_without_a_restart() {
         .await;
     eventually("the old profile's socket to go", || !big_socket.exists()).await;
     assert_no_registration_of(&mut kubelet, "nvidia.com/gpu", &seen).await;
-    assert_eq!(inode(&dir.path().join(GPU_SOCK)), gpu_inode);
+    assert_eq!(inode(&plugin_dir(dir.path()).join(GPU_SOCK)), gpu_inode);
 
     let small = Plugin::open(&kubelet, "gpu-agent-nvidia.com_mig-1g.10gb.sock").await;
     let migs = small.ids();

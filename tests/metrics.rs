@@ -254,48 +254,49 @@ async fn scrape_reports_the_fixture_and_follows_its_edits() {
 async fn readyz_follows_registration_and_healthz_is_always_up() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let mut kubelet = TestKubelet::start(dir.path()).await;
-    let agent = Agent::spawn(dir.path(), &["--metrics-addr", &addr]);
+    let mut kubelet = TestKubelet::absent(dir.path());
+    let _agent = Agent::spawn(dir.path(), &["--metrics-addr", &addr]);
 
     eventually("/healthz answers", || {
         matches!(http_get(&addr, "/healthz"), Some((200, _)))
     })
     .await;
-    // Not registered yet, or registered without a ListAndWatch stream: not ready either way.
+    // No kubelet yet: not ready, and the body says which resource waits.
     let (status, body) = http_get(&addr, "/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("nvidia.com/gpu"), "{body}");
 
-    let reg = kubelet.next_registration().await;
-    eventually("the agent to see its registration succeed", || {
-        agent.logs().contains("registered with the kubelet")
-    })
-    .await;
-    let (status, _) = http_get(&addr, "/readyz").unwrap();
-    assert_eq!(status, 503, "registered, but no stream open yet");
-    let plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    // The kubelet starts: it registers us and opens its stream inside Register.
+    kubelet.serve();
+    kubelet.next_registration().await;
     eventually("/readyz 200", || {
         matches!(http_get(&addr, "/readyz"), Some((200, _)))
     })
     .await;
-    let text = scrape(&addr).unwrap();
-    let samples = parse(&text);
-    assert_eq!(
+    let registrations = |addr: &str| {
+        let text = scrape(addr).unwrap();
         find(
-            &samples,
+            &parse(&text),
             "gpu_agent_registrations_total",
-            ("resource", "nvidia.com/gpu")
+            ("resource", "nvidia.com/gpu"),
         )
-        .map(|s| s.2),
-        Some(1.0)
-    );
+        .map(|s| s.2)
+    };
+    assert_eq!(registrations(&addr), Some(1.0));
 
-    // The stream closes (a kubelet that went away): not ready any more.
-    drop(plugin);
-    eventually("/readyz 503 after the stream closed", || {
+    // The kubelet exits (its stream goes with it): not ready until the next one registers us.
+    kubelet.stop().await;
+    eventually("/readyz 503 after the kubelet exited", || {
         matches!(http_get(&addr, "/readyz"), Some((503, _)))
     })
     .await;
+    assert!(matches!(http_get(&addr, "/healthz"), Some((200, _))));
+    kubelet.serve();
+    eventually("/readyz 200 again", || {
+        matches!(http_get(&addr, "/readyz"), Some((200, _)))
+    })
+    .await;
+    assert_eq!(registrations(&addr), Some(2.0));
 }
 
 /// A pod-resources server that answers `List` with whatever the test put in.
