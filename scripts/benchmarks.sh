@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every benchmark of BENCHMARKS.md, one after the other in one run, with the machine and the date,
-# into target/benchmarks-<UTC date>.txt (and the terminal). About 3 minutes after the build;
+# into target/benchmarks-<UTC date>.txt (and the terminal). About 6 minutes after the build;
 # extra arguments after the bench names are not supported (run cargo bench by hand for that).
 #   bash scripts/benchmarks.sh            # all
 #   bash scripts/benchmarks.sh allocate   # only the benches named
 set -euo pipefail
 cd "$(dirname "$0")/.."
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(preferred metrics allocate list_and_watch health_storm soak)
+[ ${#benches[@]} -gt 0 ] || benches=(preferred metrics allocate list_and_watch health_storm soak restarts)
 log="target/benchmarks-$(date -u +%Y%m%dT%H%M%SZ).txt"
 mkdir -p target
 cargo bench --locked --no-run >/dev/null 2>&1 || cargo bench --locked --no-run
