@@ -2,7 +2,7 @@
 //!
 //! The crate is a pure core (inventory model, resource building, allocation, preferred
 //! allocation, config validation) wrapped by thin I/O shells (gRPC servers, NVML, HTTP, files).
-//! See README.md, "Architecture".
+//! See docs/architecture.md.
 
 pub mod agent;
 pub mod allocate;

@@ -95,20 +95,28 @@ async fn survives_a_restart(gap: Duration, wipe: Wipe) {
 #[tokio::test]
 async fn survives_a_restart_without_a_gap() {
     survives_a_restart(Duration::ZERO, Wipe::AllFiles).await;
+    survives_a_restart(Duration::ZERO, Wipe::SocketsOnly).await;
 }
 
 #[tokio::test]
 async fn survives_a_restart_with_a_half_second_gap() {
+    survives_a_restart(Duration::from_millis(500), Wipe::AllFiles).await;
     survives_a_restart(Duration::from_millis(500), Wipe::SocketsOnly).await;
 }
 
 #[tokio::test]
 async fn survives_a_restart_with_a_three_second_gap() {
     survives_a_restart(Duration::from_secs(3), Wipe::AllFiles).await;
+    survives_a_restart(Duration::from_secs(3), Wipe::SocketsOnly).await;
 }
 
 #[tokio::test]
-async fn survives_a_restart_with_a_fifteen_second_gap() {
+async fn survives_a_restart_with_a_fifteen_second_gap_1_30_wipe() {
+    survives_a_restart(Duration::from_secs(15), Wipe::AllFiles).await;
+}
+
+#[tokio::test]
+async fn survives_a_restart_with_a_fifteen_second_gap_1_33_wipe() {
     survives_a_restart(Duration::from_secs(15), Wipe::SocketsOnly).await;
 }
 
