@@ -83,13 +83,13 @@ fn host_target() -> String {
 /// The newest `rust-version` among the locked packages the Linux build uses, ours included.
 ///
 /// `--filter-platform` matters: without it cargo metadata wants every package of Cargo.lock,
-/// Windows-only ones included, which a Linux `cargo build` never downloads, so on a fresh machine
-/// (empty cargo cache) `--offline` fails. With it, the packages this very test run was built
-/// from are enough.
+/// Windows-only ones included, which a Linux `cargo build` never downloads: on a fresh machine
+/// (empty cargo cache) it would fetch them, or fail offline. With it, the packages this very test
+/// run was built from are all it reads, so it neither downloads nor needs `--offline`.
 fn newest_rust_version_in_lock() -> (u32, u32) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .args(["metadata", "--format-version", "1", "--locked"])
         .args(["--filter-platform", &host_target()])
         .current_dir(ROOT)
         .output()
