@@ -231,6 +231,27 @@ pub struct PluginSettings {
     /// Host path of `nvidia-ctk` for the CDI spec's ldcache hook (`flags.plugin.nvidiaCTKPath`);
     /// `None`: `/usr/bin/nvidia-ctk` under the driver root if it is there; `Some("")`: no hook.
     pub nvidia_ctk_path: Option<String>,
+    /// GPUDirect Storage (`flags.gdsEnabled`, `GDS_ENABLED`): `NVIDIA_GDS=enabled` in every
+    /// container, and with CDI the `gds` device.
+    pub gds_enabled: bool,
+    /// Mellanox OFED (`flags.mofedEnabled`, `MOFED_ENABLED`): `NVIDIA_MOFED=enabled`, CDI `mofed`.
+    pub mofed_enabled: bool,
+    /// GDRCopy (`flags.gdrcopyEnabled`, `GDRCOPY_ENABLED`): `NVIDIA_GDRCOPY=enabled`, CDI
+    /// `gdrcopy`.
+    pub gdrcopy_enabled: bool,
+    /// IMEX channels handed to every container (`imex:`, `IMEX_CHANNEL_IDS`, `IMEX_REQUIRED`).
+    pub imex: ImexSettings,
+}
+
+/// IMEX channels (`imex:`): NVIDIA allows only channel 0.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImexSettings {
+    /// `[]` or `[0]`.
+    #[serde(rename = "channelIDs")]
+    pub channel_ids: Vec<u32>,
+    /// A requested channel missing on the node is fatal instead of skipped.
+    pub required: bool,
 }
 
 impl PluginSettings {
@@ -253,6 +274,10 @@ impl Default for PluginSettings {
             nvidia_dev_root: "/".into(),
             container_driver_root: None,
             nvidia_ctk_path: None,
+            gds_enabled: false,
+            mofed_enabled: false,
+            gdrcopy_enabled: false,
+            imex: ImexSettings::default(),
         }
     }
 }
