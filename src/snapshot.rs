@@ -28,7 +28,7 @@ impl Snapshot {
     /// Log the problems tolerated while building, one event each.
     pub fn log_warnings(&self) {
         for warning in self.warnings.iter() {
-            tracing::warn!(%warning, "advertising without the affected devices");
+            tracing::warn!(%warning, "tolerated while building the resources");
         }
     }
 

@@ -131,7 +131,9 @@ fn check_config_ok_and_errors() {
     let (code, _, err) = run_cli(&["check-config", arg(&bad)]);
     assert_eq!(code, 2);
     assert!(
-        err.contains("sharing.timeSlicing.resources[0].replicas: must be >= 2, got 1"),
+        err.contains(
+            "sharing.timeSlicing.resources[0].replicas: number of replicas must be >= 2, got 1"
+        ),
         "{err}"
     );
     assert!(

@@ -95,7 +95,7 @@ fn check_config_prints_every_error_at_once() {
         "flags.foo: unknown field, expected one of",
         "flags.migStrategy: must be none, single or mixed, got \"lots\"",
         "sharing.timeSlicing.resources[0].replicas: expected an integer, got a string \"many\"",
-        "sharing.timeSlicing.resources[1].replicas: must be >= 2, got 1",
+        "sharing.timeSlicing.resources[1].replicas: number of replicas must be >= 2, got 1",
     ] {
         assert!(stderr.contains(line), "missing {line:?} in:\n{stderr}");
     }

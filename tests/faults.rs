@@ -54,9 +54,8 @@ async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
 
     // Each fault: the failure counter goes up, the device list stays, Allocate keeps working
     // with the replicas of the last good config.
-    let faults: [(&str, &Fault); 4] = [
+    let faults: [(&str, &Fault); 3] = [
         ("deleted", &|p| std::fs::remove_file(p).unwrap()),
-        ("truncated to nothing", &|p| std::fs::write(p, "").unwrap()),
         ("truncated mid-document", &|p| {
             std::fs::write(p, &REPLICAS_3[..REPLICAS_3.len() - 20]).unwrap()
         }),
@@ -78,7 +77,7 @@ async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
             .await
             .unwrap_or_else(|s| panic!("Allocate after the config was {what}: {s}"));
     }
-    assert!(seen >= 4.0, "{seen}");
+    assert!(seen >= 3.0, "{seen}");
     let logs = agent.logs();
     assert!(logs.contains("config file unreadable"), "{logs}");
     assert!(logs.contains("invalid config rejected"), "{logs}");
@@ -92,6 +91,39 @@ async fn a_deleted_truncated_or_garbage_config_keeps_the_last_good_one() {
     })
     .await;
     assert_eq!(failures(&addr), Some(seen));
+}
+
+/// NVIDIA's config-manager sidecar switches the config by replacing it with a symlink, to
+/// `/dev/null` for its "empty" fallback: that is a valid config, all defaults, not a fault.
+#[tokio::test]
+async fn a_switch_to_dev_null_means_defaults_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = write_file(dir.path(), "replicas.yaml", REPLICAS_2);
+    let config = dir.path().join("config.yaml");
+    std::os::unix::fs::symlink(&real, &config).unwrap();
+    let (kubelet, _agent, reg) = start_registered(dir.path(), &["--config", arg(&config)]).await;
+    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    assert_eq!(plugin.devices.len(), 16);
+
+    let relink = |target: &Path| {
+        let tmp = dir.path().join("config.yaml.new");
+        std::os::unix::fs::symlink(target, &tmp).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    relink(Path::new("/dev/null"));
+    plugin
+        .until("whole GPUs again", |d| {
+            d.len() == 8 && d.iter().all(|d| !d.id.contains("::"))
+        })
+        .await;
+    relink(&real);
+    plugin.until("replicas again", |d| d.len() == 16).await;
+    // An empty file is the same config as /dev/null.
+    std::fs::remove_file(&config).unwrap();
+    std::fs::write(&config, "").unwrap();
+    plugin
+        .until("whole GPUs from an empty file", |d| d.len() == 8)
+        .await;
 }
 
 fn four_gpus(lost: Option<usize>) -> String {

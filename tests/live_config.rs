@@ -102,7 +102,7 @@ async fn invalid_edits_change_nothing_and_sighup_re_reads() {
     let mut shared = Plugin::open(&kubelet, SHARED_SOCK).await;
     assert_eq!(shared.devices.len(), 4);
 
-    // Two errors at once: both are logged, nothing changes.
+    // An error (and an unknown field, which alone would only be a warning): nothing changes.
     replace_file(
         &config,
         "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.shared, replicas: 1, colour: red, devices: [6, 7]}\n",
@@ -110,8 +110,9 @@ async fn invalid_edits_change_nothing_and_sighup_re_reads() {
     eventually("the rejection in the log", || {
         let logs = agent.logs();
         logs.contains("invalid config rejected")
-            && logs.contains("sharing.timeSlicing.resources[0].replicas: must be >= 2, got 1")
-            && logs.contains("sharing.timeSlicing.resources[0].colour: unknown field")
+            && logs.contains(
+                "sharing.timeSlicing.resources[0].replicas: number of replicas must be >= 2, got 1",
+            )
     })
     .await;
     assert_no_registration_of(&mut kubelet, "nvidia.com/gpu.shared", &[]).await;
@@ -123,10 +124,11 @@ async fn invalid_edits_change_nothing_and_sighup_re_reads() {
         inodes
     );
 
-    // A config that parses but cannot be built on this node (GPU 9 does not exist) is refused too.
+    // A config that parses but cannot be built on this node (the first 7 GPUs and GPU 6 overlap
+    // only once the node's GPUs are known) is refused too.
     replace_file(
         &config,
-        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.shared, replicas: 2, devices: [6, 9]}\n",
+        "version: v1\nsharing:\n  timeSlicing:\n    resources:\n      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.shared, replicas: 2, devices: 7}\n      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.other, replicas: 2, devices: [6]}\n",
     );
     eventually("the node-level rejection in the log", || {
         agent

@@ -304,10 +304,11 @@ async fn a_config_change_during_a_restart_adds_and_removes_resources() {
         "{:?}",
         kubelet.violations()
     );
-    assert!(!kubelet
-        .dir()
-        .join("gpu-agent-nvidia.com_gpu.shared.sock")
-        .exists());
+    let shared_socket = kubelet.dir().join("gpu-agent-nvidia.com_gpu.shared.sock");
+    eventually("the removed resource's socket to go", || {
+        !shared_socket.exists()
+    })
+    .await;
 }
 
 /// The kubelet rewrites its checkpoint after every message and allocation (temp file + rename

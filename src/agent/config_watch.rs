@@ -56,10 +56,11 @@ pub async fn run(
                     format!("not UTF-8: {e}"),
                 )]
             })
-            .and_then(|text| config::parse(&text));
+            .and_then(|text| config::read(&text));
         match parsed {
-            Ok(config) => {
-                let config = Arc::new(config.with_overrides(&overrides));
+            Ok(parsed) => {
+                parsed.log_warnings();
+                let config = Arc::new(parsed.config.with_overrides(&overrides));
                 if *candidates.borrow() != config {
                     candidates.send_replace(config);
                 } else if forced {

@@ -5,8 +5,14 @@ use std::path::Path;
 use super::Fatal;
 use crate::config;
 
-/// Validate `path`: the one-line summary on success, every error otherwise.
+/// Validate `path` as the linter does (unknown fields are errors): the one-line summary and one
+/// line per note (settings ignored, deliberate differences from NVIDIA's plugin) on success,
+/// every error otherwise.
 pub fn run(path: &Path) -> Result<String, Fatal> {
-    let config = config::load(path)?;
-    Ok(format!("{}: valid ({})", path.display(), config.summary()))
+    let parsed = config::load_strict(path)?;
+    let mut out = format!("{}: valid ({})", path.display(), parsed.config.summary());
+    for w in &parsed.warnings {
+        out.push_str(&format!("\n  {}: {w}", w.kind.label()));
+    }
+    Ok(out)
 }

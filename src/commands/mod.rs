@@ -46,10 +46,15 @@ impl From<LoadError> for Fatal {
     }
 }
 
-/// Load the config named by `args` (defaults when none) with flag / env overrides applied.
+/// Load the config named by `args` (defaults when none) with flag / env overrides applied. Its
+/// warnings (unknown fields, ignored settings, differences from NVIDIA) are logged once here.
 pub fn load_config(args: &InventoryArgs) -> Result<Config, Fatal> {
     let config = match args.config_path() {
-        Some(path) => config::load(path)?,
+        Some(path) => {
+            let parsed = config::load(path)?;
+            parsed.log_warnings();
+            parsed.config
+        }
         None => Config::default(),
     };
     Ok(config.with_overrides(&args.overrides()))

@@ -49,7 +49,7 @@ fn load(args: &WebhookArgs) -> Result<Inputs, Fatal> {
     })?;
     let thresholds = match args.config_path().cloned() {
         Some(path) => Reloading::new("config", vec![path.clone()], move || {
-            config::load(&path).map(|c| c.strategy)
+            config::load(&path).map(|p| p.config.strategy)
         })?,
         None => Reloading::new("config", Vec::new(), || Ok(StrategyThresholds::default()))?,
     };

@@ -1,15 +1,15 @@
 //! The config file as written: NVIDIA's `version: v1` schema (every field it defines is accepted)
-//! plus our extensions. Unknown fields are rejected. Values whose shape varies (`devices`,
-//! `deviceListStrategy`, durations) are kept raw here and checked in `validate`, so that every
-//! error can name its field path and all of them are reported at once.
+//! plus our extensions. Values whose shape varies (`devices`, `deviceListStrategy`, durations)
+//! are kept raw here and checked in `validate`, so that every error can name its field path and
+//! all of them are reported at once.
 //!
 //! These structs only ever see a document that `schema` has already checked and cleaned, so
 //! deserializing it does not fail on the first problem; `deny_unknown_fields` stays as a safety
 //! net. A list element that `schema` found unusable is `null` here and reads as `None`.
 //!
-//! Fields NVIDIA's schema defines but gpu-agent has no use for (`mpsRoot`, `gfd`, `imex`, …) are
-//! parsed so that an NVIDIA config is accepted unchanged, and otherwise ignored: those, and only
-//! those, carry `#[allow(dead_code)]`.
+//! Fields NVIDIA's schema defines but gpu-agent has no use for (`gfd`, `useNodeFeatureAPI`, …)
+//! are parsed so that an NVIDIA config is accepted unchanged, and otherwise ignored: those, and
+//! only those, carry `#[allow(dead_code)]`.
 
 use serde::Deserialize;
 use serde_yaml_ng::Value;
@@ -27,8 +27,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub sharing: Sharing,
     #[serde(default)]
-    #[allow(dead_code)]
-    pub imex: Option<Value>,
+    pub imex: Imex,
     #[serde(default)]
     pub health: Health,
     #[serde(default)]
@@ -41,18 +40,15 @@ pub struct ConfigFile {
 pub struct Flags {
     pub mig_strategy: Option<String>,
     pub fail_on_init_error: Option<bool>,
-    #[allow(dead_code)]
     pub mps_root: Option<String>,
     pub nvidia_driver_root: Option<String>,
     pub nvidia_dev_root: Option<String>,
-    #[allow(dead_code)]
+    pub gdrcopy_enabled: Option<bool>,
     pub gds_enabled: Option<bool>,
-    #[allow(dead_code)]
     pub mofed_enabled: Option<bool>,
     #[allow(dead_code)]
     #[serde(rename = "useNodeFeatureAPI")]
     pub use_node_feature_api: Option<bool>,
-    #[allow(dead_code)]
     pub device_discovery_strategy: Option<String>,
     pub plugin: Option<PluginFlags>,
     #[allow(dead_code)]
@@ -71,24 +67,44 @@ pub struct PluginFlags {
     #[serde(rename = "nvidiaCTKPath")]
     pub nvidia_ctk_path: Option<String>,
     pub container_driver_root: Option<String>,
+    pub shared_devices_allocation_policy: Option<String>,
+}
+
+/// `imex:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Imex {
+    #[serde(rename = "channelIDs")]
+    pub channel_ids: Option<Vec<i64>>,
+    pub required: Option<bool>,
 }
 
 /// `resources:` (NVIDIA's pattern-based renaming of whole GPUs and MIG devices).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NamedResources {
+    /// `None`: an element `schema` already reported as unusable.
     #[serde(default)]
-    pub gpus: Vec<Value>,
+    pub gpus: Vec<Option<NamedResource>>,
     #[serde(default)]
-    pub mig: Vec<Value>,
+    pub mig: Vec<Option<NamedResource>>,
+}
+
+/// `resources.gpus[]` / `resources.mig[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedResource {
+    /// Checked for presence only: NVIDIA ignores the section, and so does gpu-agent.
+    #[allow(dead_code)]
+    pub pattern: String,
+    pub name: String,
 }
 
 /// `sharing:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Sharing {
-    #[serde(default)]
-    pub time_slicing: TimeSlicing,
+    pub time_slicing: Option<TimeSlicing>,
     pub mps: Option<TimeSlicing>,
     #[serde(default)]
     pub vgpu: Vgpu,
@@ -101,9 +117,9 @@ pub struct Sharing {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TimeSlicing {
     #[serde(default)]
-    pub rename_by_default: bool,
+    pub rename_by_default: Option<bool>,
     #[serde(default)]
-    pub fail_requests_greater_than_one: bool,
+    pub fail_requests_greater_than_one: Option<bool>,
     /// `None`: an element `schema` already reported as unusable (kept so indexes stay right).
     #[serde(default)]
     pub resources: Vec<Option<ReplicatedResource>>,

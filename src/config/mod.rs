@@ -7,14 +7,13 @@
 //! that win over the file (precedence: flag > env > file > default).
 
 mod file;
+mod model;
 mod schema;
 mod validate;
 
-use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
-use serde::Serialize;
+pub use model::*;
 
 /// One problem in a config, with the field path it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,321 +48,6 @@ pub enum LoadError {
         path: String,
         errors: Vec<ConfigError>,
     },
-}
-
-/// How MIG devices are advertised (`flags.migStrategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum MigStrategy {
-    /// MIG GPUs are advertised whole, as `nvidia.com/gpu`.
-    #[default]
-    None,
-    /// Every MIG device is an `nvidia.com/gpu`; all MIG GPUs must use one profile.
-    Single,
-    /// One `nvidia.com/mig-<profile>` resource per profile.
-    Mixed,
-}
-
-impl MigStrategy {
-    /// Name as written in the config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigStrategy::None => "none",
-            MigStrategy::Single => "single",
-            MigStrategy::Mixed => "mixed",
-        }
-    }
-}
-
-/// How allocated devices are passed to the container runtime (`flags.plugin.deviceListStrategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeviceListStrategy {
-    /// `NVIDIA_VISIBLE_DEVICES=<ids>`.
-    Envvar,
-    /// Mounts under `/var/run/nvidia-container-devices/<id>`.
-    VolumeMounts,
-    /// `cdi.k8s.io/…` annotations naming CDI devices.
-    CdiAnnotations,
-    /// The CRI `cdi_devices` field.
-    CdiCri,
-}
-
-impl DeviceListStrategy {
-    /// Name as written in the config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeviceListStrategy::Envvar => "envvar",
-            DeviceListStrategy::VolumeMounts => "volume-mounts",
-            DeviceListStrategy::CdiAnnotations => "cdi-annotations",
-            DeviceListStrategy::CdiCri => "cdi-cri",
-        }
-    }
-
-    /// True for the strategies that need a CDI spec on disk.
-    pub fn uses_cdi(self) -> bool {
-        matches!(
-            self,
-            DeviceListStrategy::CdiAnnotations | DeviceListStrategy::CdiCri
-        )
-    }
-}
-
-/// How devices are named in `NVIDIA_VISIBLE_DEVICES` and advertised IDs (`deviceIDStrategy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceIdStrategy {
-    #[default]
-    Uuid,
-    Index,
-}
-
-/// Which physical GPUs a sharing entry applies to (`devices:`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum DeviceSelector {
-    /// Every GPU (or MIG device) the resource would otherwise advertise.
-    #[default]
-    All,
-    /// The first `n` of them, in index order.
-    Count(u32),
-    /// These GPUs / MIG devices.
-    List(Vec<DeviceRef>),
-}
-
-/// One entry of an explicit `devices:` list.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub enum DeviceRef {
-    /// GPU index.
-    Index(u32),
-    /// MIG device `<gpu index>:<mig index>`.
-    MigIndex(u32, u32),
-    /// `GPU-…` or `MIG-…`.
-    Uuid(String),
-}
-
-impl std::fmt::Display for DeviceRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeviceRef::Index(i) => write!(f, "{i}"),
-            DeviceRef::MigIndex(g, m) => write!(f, "{g}:{m}"),
-            DeviceRef::Uuid(u) => f.write_str(u),
-        }
-    }
-}
-
-/// A time-slicing entry: advertise `replicas` copies of each selected device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TimeSlicingRule {
-    /// Resource the devices come from: `nvidia.com/gpu` or `nvidia.com/mig-<profile>`.
-    pub name: String,
-    /// Resource name to advertise the replicas under (None = `name`, or `<name>.shared` when
-    /// `renameByDefault`).
-    pub rename: Option<String>,
-    pub replicas: u32,
-    pub devices: DeviceSelector,
-}
-
-impl TimeSlicingRule {
-    /// The resource name the replicas are advertised under.
-    pub fn advertised(&self, rename_by_default: bool) -> String {
-        match &self.rename {
-            Some(name) => name.clone(),
-            None if rename_by_default => crate::resources::names::shared_default(&self.name),
-            None => self.name.clone(),
-        }
-    }
-}
-
-/// A vGPU entry: cut each selected GPU into fixed memory slices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VgpuRule {
-    /// Resource the GPUs come from (`nvidia.com/gpu`).
-    pub name: String,
-    /// Resource name of the slices (None = `<name>.vgpu`).
-    pub rename: Option<String>,
-    /// Slice size.
-    pub memory_mib: u64,
-    /// SM share handed to the container (`CUDA_DEVICE_SM_LIMIT`), 1..=100.
-    pub compute_percent: Option<u32>,
-    pub devices: DeviceSelector,
-}
-
-impl VgpuRule {
-    /// The resource name the slices are advertised under.
-    pub fn advertised(&self) -> String {
-        self.rename
-            .clone()
-            .unwrap_or_else(|| crate::resources::names::vgpu_default(&self.name))
-    }
-}
-
-/// How shared devices (replicas, vGPU slices) are picked for a multi-device request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SharedPlacement {
-    /// Spread over as many physical GPUs as possible (the default: least contention).
-    #[default]
-    Spread,
-    /// Pack onto as few physical GPUs as possible (leaves whole GPUs free).
-    Packed,
-}
-
-/// Plugin flags (`flags.plugin`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PluginSettings {
-    pub device_list_strategies: Vec<DeviceListStrategy>,
-    pub device_id_strategy: DeviceIdStrategy,
-    pub pass_device_specs: bool,
-    /// Prefix of CDI annotation keys (default `cdi.k8s.io/`).
-    pub cdi_annotation_prefix: String,
-    /// Root of the driver installation on the host (default `/`).
-    pub nvidia_driver_root: String,
-    /// Root under which `/dev/nvidia*` exist on the host (default: the driver root).
-    pub nvidia_dev_root: String,
-    /// Where the agent can read the driver root (`flags.plugin.containerDriverRoot`, e.g. the
-    /// DaemonSet's mount of it); `None`: at `nvidia_driver_root` itself. Only CDI's driver
-    /// discovery reads it.
-    pub container_driver_root: Option<String>,
-    /// Host path of `nvidia-ctk` for the CDI spec's ldcache hook (`flags.plugin.nvidiaCTKPath`);
-    /// `None`: `/usr/bin/nvidia-ctk` under the driver root if it is there; `Some("")`: no hook.
-    pub nvidia_ctk_path: Option<String>,
-    /// GPUDirect Storage (`flags.gdsEnabled`, `GDS_ENABLED`): `NVIDIA_GDS=enabled` in every
-    /// container, and with CDI the `gds` device.
-    pub gds_enabled: bool,
-    /// Mellanox OFED (`flags.mofedEnabled`, `MOFED_ENABLED`): `NVIDIA_MOFED=enabled`, CDI `mofed`.
-    pub mofed_enabled: bool,
-    /// GDRCopy (`flags.gdrcopyEnabled`, `GDRCOPY_ENABLED`): `NVIDIA_GDRCOPY=enabled`, CDI
-    /// `gdrcopy`.
-    pub gdrcopy_enabled: bool,
-    /// IMEX channels handed to every container (`imex:`, `IMEX_CHANNEL_IDS`, `IMEX_REQUIRED`).
-    pub imex: ImexSettings,
-}
-
-/// IMEX channels (`imex:`): NVIDIA allows only channel 0.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImexSettings {
-    /// `[]` or `[0]`.
-    #[serde(rename = "channelIDs")]
-    pub channel_ids: Vec<u32>,
-    /// A requested channel missing on the node is fatal instead of skipped.
-    pub required: bool,
-}
-
-impl PluginSettings {
-    /// Where the agent reads the driver root.
-    pub fn driver_root_readable_at(&self) -> &str {
-        self.container_driver_root
-            .as_deref()
-            .unwrap_or(&self.nvidia_driver_root)
-    }
-}
-
-impl Default for PluginSettings {
-    fn default() -> Self {
-        Self {
-            device_list_strategies: vec![DeviceListStrategy::Envvar],
-            device_id_strategy: DeviceIdStrategy::Uuid,
-            pass_device_specs: false,
-            cdi_annotation_prefix: "cdi.k8s.io/".into(),
-            nvidia_driver_root: "/".into(),
-            nvidia_dev_root: "/".into(),
-            container_driver_root: None,
-            nvidia_ctk_path: None,
-            gds_enabled: false,
-            mofed_enabled: false,
-            gdrcopy_enabled: false,
-            imex: ImexSettings::default(),
-        }
-    }
-}
-
-/// Time-slicing settings (`sharing.timeSlicing`).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TimeSlicing {
-    pub rename_by_default: bool,
-    pub fail_requests_greater_than_one: bool,
-    pub resources: Vec<TimeSlicingRule>,
-}
-
-/// Health settings (`health:`, extension).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthSettings {
-    /// XIDs that do not make a device unhealthy (application errors, not hardware faults).
-    pub ignored_xids: BTreeSet<u64>,
-    /// A device is Healthy again after this long without a new XID; zero = never.
-    #[serde(serialize_with = "serialize_duration")]
-    pub recover_after: Duration,
-}
-
-/// XIDs NVIDIA's plugin ignores by default: application faults, not GPU faults.
-pub const DEFAULT_IGNORED_XIDS: [u64; 6] = [13, 31, 43, 45, 68, 109];
-
-impl Default for HealthSettings {
-    fn default() -> Self {
-        Self {
-            ignored_xids: DEFAULT_IGNORED_XIDS.into_iter().collect(),
-            recover_after: Duration::ZERO,
-        }
-    }
-}
-
-/// Workload → strategy thresholds (`strategy:`, extension; SPEC.md section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StrategyThresholds {
-    pub training_exclusive_above_gib: f64,
-    pub inference_shared_below_gib: f64,
-    pub mig_range_gib: [f64; 2],
-}
-
-impl Default for StrategyThresholds {
-    fn default() -> Self {
-        Self {
-            training_exclusive_above_gib: 16.0,
-            inference_shared_below_gib: 4.0,
-            mig_range_gib: [4.0, 20.0],
-        }
-    }
-}
-
-/// A validated config: everything the agent needs, defaults filled in.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Config {
-    pub mig_strategy: MigStrategy,
-    pub fail_on_init_error: bool,
-    pub plugin: PluginSettings,
-    pub time_slicing: TimeSlicing,
-    pub vgpu: Vec<VgpuRule>,
-    pub shared_placement: SharedPlacement,
-    pub health: HealthSettings,
-    pub strategy: StrategyThresholds,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            mig_strategy: MigStrategy::None,
-            fail_on_init_error: true,
-            plugin: PluginSettings::default(),
-            time_slicing: TimeSlicing::default(),
-            vgpu: Vec::new(),
-            shared_placement: SharedPlacement::Spread,
-            health: HealthSettings::default(),
-            strategy: StrategyThresholds::default(),
-        }
-    }
-}
-
-fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::units::format_duration(*d))
 }
 
 /// Values from flags or environment variables; `Some` wins over the config file.
@@ -416,26 +100,120 @@ impl Config {
     }
 }
 
-/// Parse and validate config text. On failure every error found is returned.
-pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    // An empty file is almost always a half-written one (a truncated ConfigMap); refusing it keeps
-    // the last good config in force on reload. All defaults are one line: `version: v1`.
-    if text.trim().is_empty() {
-        return Err(vec![ConfigError::new(
-            "config",
-            "the file is empty; write `version: v1` for all defaults",
-        )]);
+/// Something in a config that does not stop it from loading but that an operator should know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigWarning {
+    /// Field path, as in [`ConfigError`].
+    pub path: String,
+    pub message: String,
+    pub kind: WarningKind,
+}
+
+/// Why a [`ConfigWarning`] was raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarningKind {
+    /// A field gpu-agent does not know. NVIDIA's plugin ignores those (a field from a newer
+    /// release must not stop a node), so `run`, `list` and `plan` warn and go on; `check-config`,
+    /// the linter, reports them as errors.
+    Unknown,
+    /// A setting that has no effect: NVIDIA's plugin ignores it too (`resources.gpus`, `devices`
+    /// without `rename`), or it selects nothing.
+    Ignored,
+    /// Where gpu-agent deliberately goes further than NVIDIA's plugin (it honours `rename`, and
+    /// `devices` with `rename`): the message says what NVIDIA would advertise instead.
+    Difference,
+}
+
+impl WarningKind {
+    /// How `check-config` labels it.
+    pub fn label(self) -> &'static str {
+        match self {
+            WarningKind::Unknown => "unknown field",
+            WarningKind::Ignored => "ignored",
+            WarningKind::Difference => "differs from NVIDIA",
+        }
     }
-    let mut tree: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| vec![file::yaml_error(&e)])?;
+}
+
+impl ConfigWarning {
+    pub(crate) fn new(
+        kind: WarningKind,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+            kind,
+        }
+    }
+}
+
+/// A config that loaded, and what was noticed on the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub config: Config,
+    pub warnings: Vec<ConfigWarning>,
+}
+
+impl Parsed {
+    /// Log every warning once, with its path (`run`, `list`, `plan`, and each reload).
+    pub fn log_warnings(&self) {
+        for w in &self.warnings {
+            match w.kind {
+                WarningKind::Unknown => tracing::warn!(
+                    field = %w.path,
+                    "{}; ignored, as NVIDIA's plugin ignores unknown fields",
+                    w.message
+                ),
+                WarningKind::Ignored => tracing::warn!(field = %w.path, "{}", w.message),
+                WarningKind::Difference => tracing::warn!(field = %w.path, "{}", w.message),
+            }
+        }
+    }
+}
+
+/// Parse and validate config text as NVIDIA's plugin reads it (see `schema`): every error found,
+/// or the config with its warnings. An empty or comment-only text is all defaults (NVIDIA's
+/// config-manager points the file at `/dev/null` for its "empty" config); only the first YAML
+/// document counts.
+pub fn read(text: &str) -> Result<Parsed, Vec<ConfigError>> {
+    read_as(text, false)
+}
+
+/// [`read`] for `check-config`, the linter: unknown fields are errors.
+pub fn read_strict(text: &str) -> Result<Parsed, Vec<ConfigError>> {
+    read_as(text, true)
+}
+
+fn read_as(text: &str, strict: bool) -> Result<Parsed, Vec<ConfigError>> {
+    let first = serde_yaml_ng::Deserializer::from_str(text).next();
+    let mut tree: serde_yaml_ng::Value = match first {
+        None => serde_yaml_ng::Value::Null,
+        Some(document) => {
+            serde::Deserialize::deserialize(document).map_err(|e| vec![file::yaml_error(&e)])?
+        }
+    };
     if tree.is_null() {
-        return Err(vec![ConfigError::new(
-            "config",
-            "the file holds no settings (only comments?); write `version: v1` for all defaults",
-        )]);
+        return Ok(Parsed {
+            config: Config::default(),
+            warnings: Vec::new(),
+        });
     }
+    let mut findings = Vec::new();
+    schema::check(&mut tree, &mut findings);
     let mut errors = Vec::new();
-    schema::check(&mut tree, &mut errors);
+    let mut warnings = Vec::new();
+    for finding in findings {
+        match finding {
+            schema::Finding::Error(e) => errors.push(e),
+            schema::Finding::Unknown(e) if strict => errors.push(e),
+            schema::Finding::Unknown(e) => {
+                warnings.push(ConfigWarning::new(WarningKind::Unknown, e.path, e.message))
+            }
+        }
+    }
     let raw: file::ConfigFile = match serde_yaml_ng::from_value(tree) {
         Ok(raw) => raw,
         Err(e) => {
@@ -444,8 +222,10 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             return Err(errors);
         }
     };
-    match validate::validate(raw) {
-        Ok(config) if errors.is_empty() => Ok(config),
+    let validated = validate::validate(raw);
+    warnings.extend(validated.warnings);
+    match validated.config {
+        Ok(config) if errors.is_empty() => Ok(Parsed { config, warnings }),
         Ok(_) => Err(errors),
         Err(more) => {
             errors.extend(more);
@@ -454,13 +234,30 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     }
 }
 
-/// Read and validate the config file at `path`.
-pub fn load(path: &Path) -> Result<Config, LoadError> {
+/// [`read`], keeping only the config: for callers that do not report warnings.
+pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    read(text).map(|p| p.config)
+}
+
+/// Read and validate the config file at `path` (a symlink, to `/dev/null` too, is followed).
+pub fn load(path: &Path) -> Result<Parsed, LoadError> {
+    load_with(path, read)
+}
+
+/// [`load`] for `check-config`: unknown fields are errors.
+pub fn load_strict(path: &Path) -> Result<Parsed, LoadError> {
+    load_with(path, read_strict)
+}
+
+fn load_with(
+    path: &Path,
+    read: fn(&str) -> Result<Parsed, Vec<ConfigError>>,
+) -> Result<Parsed, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    parse(&text).map_err(|errors| LoadError::Invalid {
+    read(&text).map_err(|errors| LoadError::Invalid {
         path: path.display().to_string(),
         errors,
     })

@@ -144,14 +144,7 @@ pub fn build(
     let mut selections: Vec<Vec<usize>> = Vec::with_capacity(rules.len());
     for (r, rule) in rules.iter().enumerate() {
         let list = units.get(rule.source).map(Vec::as_slice).unwrap_or(&[]);
-        let selected = match select(rule, list) {
-            Ok(s) => s,
-            Err(e) => {
-                errors.push(e);
-                selections.push(Vec::new());
-                continue;
-            }
-        };
+        let selected = select(rule, list, &mut warnings);
         let claim = claims.entry(rule.source).or_default();
         for &u in &selected {
             if let Some(other) = claim.get(u).copied().flatten() {
@@ -443,23 +436,23 @@ fn rules(config: &Config) -> Vec<Rule<'_>> {
     out
 }
 
-/// Positions in `units` that `rule.devices` selects.
-fn select(rule: &Rule<'_>, units: &[Unit<'_>]) -> Result<Vec<usize>, BuildError> {
+/// Positions in `units` that `rule.devices` selects. One ConfigMap serves many nodes: a
+/// reference to a device this node does not have selects nothing here, and a count larger than
+/// the node's devices takes them all; both with a warning, not an error.
+fn select(rule: &Rule<'_>, units: &[Unit<'_>], warnings: &mut Vec<String>) -> Vec<usize> {
     match rule.devices {
-        DeviceSelector::All => Ok((0..units.len()).collect()),
+        DeviceSelector::All => (0..units.len()).collect(),
         DeviceSelector::Count(n) => {
             let n = *n as usize;
             if n > units.len() {
-                return Err(BuildError::Config {
-                    path: format!("{}.devices", rule.path),
-                    message: format!(
-                        "asks for {n} {} device(s), this node has {}",
-                        rule.source,
-                        units.len()
-                    ),
-                });
+                warnings.push(format!(
+                    "{}.devices: asks for {n} {} device(s), this node has {}: taking them all",
+                    rule.path,
+                    rule.source,
+                    units.len()
+                ));
             }
-            Ok((0..n).collect())
+            (0..n.min(units.len())).collect()
         }
         DeviceSelector::List(refs) => {
             let mut out = Vec::new();
@@ -467,10 +460,10 @@ fn select(rule: &Rule<'_>, units: &[Unit<'_>]) -> Result<Vec<usize>, BuildError>
                 let matched: Vec<usize> =
                     (0..units.len()).filter(|&u| units[u].matches(r)).collect();
                 if matched.is_empty() {
-                    return Err(BuildError::Config {
-                        path: format!("{}.devices[{k}]", rule.path),
-                        message: format!("{r} matches no {} device on this node", rule.source),
-                    });
+                    warnings.push(format!(
+                        "{}.devices[{k}]: {r} matches no {} device on this node; it selects nothing here",
+                        rule.path, rule.source
+                    ));
                 }
                 for u in matched {
                     if !out.contains(&u) {
@@ -479,7 +472,7 @@ fn select(rule: &Rule<'_>, units: &[Unit<'_>]) -> Result<Vec<usize>, BuildError>
                 }
             }
             out.sort_unstable();
-            Ok(out)
+            out
         }
     }
 }

@@ -237,8 +237,37 @@ fn vgpu_slices_from_reported_memory() {
 }
 
 #[test]
-fn node_only_overlaps_and_missing_devices_are_errors() {
+fn node_only_overlaps_are_errors_and_missing_devices_select_nothing() {
     let inv = inventory(fixture::DEFAULT_FIXTURE);
+    // One ConfigMap serves many nodes: GPU 9 and a count beyond the node select what exists.
+    let built = build(
+        &inv,
+        &cfg(r#"
+sharing:
+  timeSlicing:
+    resources:
+      - {name: nvidia.com/gpu, rename: nvidia.com/gpu.a, replicas: 2, devices: [1, 9]}
+      - {name: nvidia.com/mig-1g.10gb, rename: nvidia.com/mig.b, replicas: 2, devices: 3}
+"#),
+        &HealthState::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        built
+            .resources
+            .get("nvidia.com/gpu.a")
+            .unwrap()
+            .devices
+            .len(),
+        2
+    );
+    assert_eq!(
+        built.warnings,
+        [
+            "sharing.timeSlicing.resources[0].devices[1]: 9 matches no nvidia.com/gpu device on this node; it selects nothing here",
+            "sharing.timeSlicing.resources[1].devices: asks for 3 nvidia.com/mig-1g.10gb device(s), this node has 0: taking them all",
+        ]
+    );
     let errors = build(
         &inv,
         &cfg(r#"
@@ -252,9 +281,11 @@ sharing:
     )
     .unwrap_err();
     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    assert_eq!(
-        text,
-        ["sharing.timeSlicing.resources[1].devices[1]: 9 matches no nvidia.com/gpu device on this node"]
+    assert_eq!(text.len(), 1, "{text:?}");
+    assert!(
+        text[0].starts_with("sharing.timeSlicing.resources[1]: selects GPU 1")
+            && text[0].contains("which sharing.timeSlicing.resources[0] already selects"),
+        "{text:?}"
     );
     let errors = build(
         &inv,
