@@ -239,6 +239,7 @@ async fn pipeline() -> Result<Pipeline> {
     let mut kubelet = TestKubelet::start(dir.path()).await;
     let ctx = PluginContext {
         dir: kubelet.dir().to_path_buf(),
+        kubelet_socket: Some(kubelet.socket()),
         snapshots: snapshot_rx,
         status: StatusBoard::default(),
     };

@@ -7,7 +7,9 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{DeviceIdStrategy, DeviceListStrategy, MigStrategy, Overrides};
+use crate::config::{
+    DeviceIdStrategy, DeviceListStrategy, MigStrategy, Overrides, SharedPlacement,
+};
 use crate::gpu::BackendKind;
 
 /// gpu-agent: Kubernetes GPU device plugin and node agent.
@@ -36,7 +38,9 @@ pub enum Command {
 }
 
 /// Where the inventory and config come from; shared by `run`, `list` and `plan` so that they
-/// show exactly what `run` would advertise.
+/// show exactly what `run` would advertise. Besides gpu-agent's own flags, every flag and env var
+/// NVIDIA's device plugin reads is here, under NVIDIA's names and with NVIDIA's meaning, so that
+/// NVIDIA's DaemonSet settings carry over unchanged (precedence: flag > env > config file).
 #[derive(Debug, Clone, Args)]
 pub struct InventoryArgs {
     /// GPU backend.
@@ -46,7 +50,12 @@ pub struct InventoryArgs {
     #[arg(long, env = "GPU_AGENT_MOCK_FIXTURE", value_name = "PATH")]
     pub mock_fixture: Option<PathBuf>,
     /// Sharing / plugin config file (NVIDIA's v1 schema plus extensions).
-    #[arg(long, env = "CONFIG_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        visible_alias = "config-file",
+        env = "CONFIG_FILE",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
     /// Node name for labels, metrics and `list` (default: the fixture's node, else the hostname).
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
@@ -59,7 +68,8 @@ pub struct InventoryArgs {
           value_parser = BoolishValueParser::new(), value_name = "BOOL")]
     pub fail_on_init_error: Option<bool>,
     /// Device-list strategies, comma-separated: envvar, volume-mounts, cdi-annotations, cdi-cri.
-    #[arg(long, env = "DEVICE_LIST_STRATEGY", value_delimiter = ',', value_enum)]
+    #[arg(long, env = "DEVICE_LIST_STRATEGY", value_delimiter = ',',
+          value_parser = parse_device_list_strategy, value_name = "STRATEGY,...")]
     pub device_list_strategy: Option<Vec<DeviceListStrategy>>,
     /// Device ID strategy (overrides flags.plugin.deviceIDStrategy).
     #[arg(long, env = "DEVICE_ID_STRATEGY", value_enum)]
@@ -68,17 +78,140 @@ pub struct InventoryArgs {
     #[arg(long, env = "PASS_DEVICE_SPECS", num_args = 0..=1, default_missing_value = "true",
           value_parser = BoolishValueParser::new(), value_name = "BOOL")]
     pub pass_device_specs: Option<bool>,
+    /// Root of the driver installation on the host (flags.nvidiaDriverRoot), e.g.
+    /// /run/nvidia/driver under the GPU Operator.
+    #[arg(long = "driver-root", visible_alias = "nvidia-driver-root", env = "NVIDIA_DRIVER_ROOT",
+          value_parser = parse_root, value_name = "PATH")]
+    pub nvidia_driver_root: Option<String>,
+    /// Root of /dev/nvidia* on the host (flags.nvidiaDevRoot); default: the driver root.
+    #[arg(long = "dev-root", visible_alias = "nvidia-dev-root", env = "NVIDIA_DEV_ROOT",
+          value_parser = parse_root, value_name = "PATH")]
+    pub nvidia_dev_root: Option<String>,
+    /// Hand GDRCopy to containers (flags.gdrcopyEnabled).
+    #[arg(long, env = "GDRCOPY_ENABLED", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub gdrcopy_enabled: Option<bool>,
+    /// Hand GPUDirect Storage to containers (flags.gdsEnabled).
+    #[arg(long, env = "GDS_ENABLED", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub gds_enabled: Option<bool>,
+    /// Hand Mellanox OFED to containers (flags.mofedEnabled).
+    #[arg(long, env = "MOFED_ENABLED", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub mofed_enabled: Option<bool>,
+    /// Prefix of CDI annotation keys (flags.plugin.cdiAnnotationPrefix).
+    #[arg(long, env = "CDI_ANNOTATION_PREFIX", value_name = "PREFIX")]
+    pub cdi_annotation_prefix: Option<String>,
+    /// Host path of nvidia-ctk for the CDI spec's hook (flags.plugin.nvidiaCTKPath); also read
+    /// from NVIDIA_CTK_PATH.
+    #[arg(
+        long = "nvidia-cdi-hook-path",
+        visible_alias = "nvidia-ctk-path",
+        env = "NVIDIA_CDI_HOOK_PATH",
+        value_name = "PATH"
+    )]
+    pub nvidia_cdi_hook_path: Option<String>,
+    /// Where the agent's container sees the driver root (flags.plugin.containerDriverRoot); also
+    /// read from CONTAINER_DRIVER_ROOT.
+    #[arg(long = "driver-root-ctr-path", visible_alias = "container-driver-root",
+          env = "DRIVER_ROOT_CTR_PATH", value_parser = parse_absolute, value_name = "PATH")]
+    pub container_driver_root: Option<String>,
+    /// MPS root on the host (flags.mpsRoot).
+    #[arg(long, env = "MPS_ROOT", value_name = "PATH")]
+    pub mps_root: Option<String>,
+    /// How replicas are picked for multi-device requests: distributed (spread) or packed
+    /// (flags.plugin.sharedDevicesAllocationPolicy).
+    #[arg(long, env = "SHARED_DEVICES_ALLOCATION_POLICY", value_parser = parse_allocation_policy,
+          value_name = "POLICY")]
+    pub shared_devices_allocation_policy: Option<SharedPlacement>,
+    /// How GPUs are discovered: auto or nvml (tegra is not supported and is ignored).
+    #[arg(long, env = "DEVICE_DISCOVERY_STRATEGY", value_enum)]
+    pub device_discovery_strategy: Option<DiscoveryStrategy>,
+    /// IMEX channels handed to every container: only 0 (imex.channelIDs).
+    #[arg(long, env = "IMEX_CHANNEL_IDS", value_delimiter = ',', value_parser = parse_imex_channel,
+          value_name = "ID,...")]
+    pub imex_channel_ids: Option<Vec<u32>>,
+    /// A requested IMEX channel missing on the node is fatal (imex.required).
+    #[arg(long, env = "IMEX_REQUIRED", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub imex_required: Option<bool>,
+    /// NVIDIA's CDI generator feature flags: gpu-agent writes its own CDI spec, so they are
+    /// accepted and logged as having no effect.
+    #[arg(long, env = "CDI_FEATURE_FLAGS", value_delimiter = ',', value_parser = trimmed,
+          value_name = "FLAG,...")]
+    pub cdi_feature_flags: Option<Vec<String>>,
+    /// CDI hooks to leave out of the spec: `all`, or names (gpu-agent's spec has one,
+    /// `update-ldcache`).
+    #[arg(long, env = "CDI_DISABLE_HOOKS", value_delimiter = ',', value_parser = trimmed,
+          value_name = "HOOK,...")]
+    pub cdi_disable_hooks: Option<Vec<String>>,
+}
+
+/// `--device-discovery-strategy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiscoveryStrategy {
+    Auto,
+    Nvml,
+    Tegra,
 }
 
 impl InventoryArgs {
     /// Flag / env values that override the config file.
     pub fn overrides(&self) -> Overrides {
+        let ctk_path = self
+            .nvidia_cdi_hook_path
+            .clone()
+            .or_else(|| non_empty_env("NVIDIA_CTK_PATH"));
+        let container_driver_root = self
+            .container_driver_root
+            .clone()
+            .or_else(|| non_empty_env("CONTAINER_DRIVER_ROOT"));
+        // The only hook gpu-agent's CDI spec has is nvidia-ctk's update-ldcache: disabling it
+        // (or all hooks) is an nvidia-ctk path of "" (no hook).
+        let hooks_off = self.cdi_disable_hooks.as_ref().is_some_and(|hooks| {
+            hooks
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case("all") || h == "update-ldcache")
+        });
         Overrides {
             mig_strategy: self.mig_strategy,
             fail_on_init_error: self.fail_on_init_error,
             device_list_strategies: self.device_list_strategy.clone(),
             device_id_strategy: self.device_id_strategy,
             pass_device_specs: self.pass_device_specs,
+            nvidia_driver_root: self.nvidia_driver_root.clone(),
+            nvidia_dev_root: self.nvidia_dev_root.clone(),
+            gdrcopy_enabled: self.gdrcopy_enabled,
+            gds_enabled: self.gds_enabled,
+            mofed_enabled: self.mofed_enabled,
+            cdi_annotation_prefix: self.cdi_annotation_prefix.clone(),
+            nvidia_ctk_path: if hooks_off {
+                Some(String::new())
+            } else {
+                ctk_path
+            },
+            container_driver_root,
+            mps_root: self.mps_root.clone(),
+            shared_placement: self.shared_devices_allocation_policy,
+            imex_channel_ids: self.imex_channel_ids.clone(),
+            imex_required: self.imex_required,
+        }
+    }
+
+    /// Log once what NVIDIA settings are accepted but have no effect here.
+    pub fn log_ignored(&self) {
+        if self.device_discovery_strategy == Some(DiscoveryStrategy::Tegra) {
+            tracing::warn!(
+                "DEVICE_DISCOVERY_STRATEGY=tegra: gpu-agent discovers GPUs through NVML only; ignored"
+            );
+        }
+        for flag in self.cdi_feature_flags.iter().flatten() {
+            tracing::info!(flag = %flag, "CDI_FEATURE_FLAGS: NVIDIA's CDI generator flag; gpu-agent writes its own CDI spec, no effect");
+        }
+        for hook in self.cdi_disable_hooks.iter().flatten() {
+            if !(hook.eq_ignore_ascii_case("all") || hook == "update-ldcache") {
+                tracing::info!(hook = %hook, "CDI_DISABLE_HOOKS: gpu-agent's CDI spec has no such hook (only update-ldcache)");
+            }
         }
     }
 
@@ -92,6 +225,53 @@ impl InventoryArgs {
         self.mock_fixture
             .as_ref()
             .filter(|p| !p.as_os_str().is_empty())
+    }
+}
+
+/// An env var that is set to something.
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// One list element as NVIDIA reads it: trimmed (`"envvar, volume-mounts"` is two strategies).
+fn trimmed(s: &str) -> Result<String, String> {
+    Ok(s.trim().to_string())
+}
+
+fn parse_device_list_strategy(s: &str) -> Result<DeviceListStrategy, String> {
+    crate::config::parse_device_list_strategy(s.trim())
+}
+
+fn parse_allocation_policy(s: &str) -> Result<SharedPlacement, String> {
+    match s.trim() {
+        "distributed" => Ok(SharedPlacement::Spread),
+        "packed" => Ok(SharedPlacement::Packed),
+        other => Err(format!("must be distributed or packed, got {other:?}")),
+    }
+}
+
+fn parse_imex_channel(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Ok(0),
+        _ => Err(format!(
+            "invalid IMEX config: channel IDs must be [] or [0]; found {s:?}"
+        )),
+    }
+}
+
+/// A host root: absolute, or "" for `/`.
+fn parse_root(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Ok("/".into());
+    }
+    parse_absolute(s)
+}
+
+fn parse_absolute(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_string())
+    } else {
+        Err(format!("must be an absolute path, got {s:?}"))
     }
 }
 
@@ -114,6 +294,11 @@ pub struct RunArgs {
         value_name = "DIR"
     )]
     pub device_plugin_dir: PathBuf,
+    /// The kubelet's registration socket (NVIDIA's KUBELET_SOCKET); default
+    /// `<device-plugin-dir>/kubelet.sock`. Empty: serve without registering, as NVIDIA's plugin
+    /// does.
+    #[arg(long, env = "KUBELET_SOCKET", value_name = "PATH")]
+    pub kubelet_socket: Option<String>,
     /// The kubelet pod-resources socket (for attributing devices to pods).
     #[arg(
         long,
@@ -153,6 +338,102 @@ pub struct RunArgs {
     #[arg(long, env = "GPU_AGENT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 }
+
+impl RunArgs {
+    /// Where to register: `--kubelet-socket`, else `kubelet.sock` in the device-plugin
+    /// directory; `None` (an empty `--kubelet-socket`) when the agent must not register.
+    pub fn kubelet_socket(&self) -> Option<PathBuf> {
+        match &self.kubelet_socket {
+            Some(path) if path.is_empty() => None,
+            Some(path) => Some(PathBuf::from(path)),
+            None => Some(
+                self.device_plugin_dir
+                    .join(crate::proto::v1beta1::KUBELET_SOCKET),
+            ),
+        }
+    }
+}
+
+/// The command line as `main` should parse it. Invoked through a link named
+/// `nvidia-device-plugin` (NVIDIA's image command, which its config-manager sidecar finds by
+/// that name to send SIGHUP), the binary is `gpu-agent run`, taking NVIDIA's flag spellings.
+pub fn argv() -> Vec<std::ffi::OsString> {
+    let mut args = argv_from(std::env::args_os());
+    empty_env_vars(&mut args);
+    args
+}
+
+/// Env vars whose empty value means something: no registration, HTTP or labels off, no config
+/// or fixture, the driver at `/`.
+const EMPTY_MEANS_SOMETHING: &[&str] = &[
+    "KUBELET_SOCKET",
+    "GPU_AGENT_METRICS_ADDR",
+    "GPU_AGENT_NFD_FEATURES_FILE",
+    "CONFIG_FILE",
+    "GPU_AGENT_MOCK_FIXTURE",
+    "NVIDIA_DRIVER_ROOT",
+];
+
+/// clap reads an env var set to "" as a flag given without a value, an error. A DaemonSet's
+/// `value: ""` is common, so before parsing: an empty env var of the command being run is
+/// unset, or, where "" means something, turned into the flag with an empty value (unless the
+/// flag itself was given, which wins as flags do). Runs first thing in `main`, while the
+/// process has one thread.
+fn empty_env_vars(args: &mut Vec<std::ffi::OsString>) {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let Some(command) = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .and_then(|name| cli.find_subcommand(name))
+    else {
+        return;
+    };
+    let mut extra: Vec<std::ffi::OsString> = Vec::new();
+    for arg in command.get_arguments() {
+        let Some(env) = arg.get_env().and_then(|e| e.to_str()) else {
+            continue;
+        };
+        if !std::env::var_os(env).is_some_and(|v| v.is_empty()) {
+            continue;
+        }
+        std::env::remove_var(env);
+        if !EMPTY_MEANS_SOMETHING.contains(&env) {
+            continue;
+        }
+        let names: Vec<String> = arg
+            .get_long_and_visible_aliases()
+            .into_iter()
+            .flatten()
+            .map(|n| format!("--{n}"))
+            .collect();
+        let given = args.iter().filter_map(|a| a.to_str()).any(|a| {
+            names
+                .iter()
+                .any(|n| a == n || a.starts_with(&format!("{n}=")))
+        });
+        if let (false, Some(flag)) = (given, names.first()) {
+            extra.push(flag.into());
+            extra.push("".into());
+        }
+    }
+    args.extend(extra);
+}
+
+fn argv_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_os_string());
+    if invoked_as.as_deref() == Some(std::ffi::OsStr::new(NVIDIA_DEVICE_PLUGIN)) {
+        args.insert(1, "run".into());
+    }
+    args
+}
+
+/// The name NVIDIA's image runs its plugin under.
+pub const NVIDIA_DEVICE_PLUGIN: &str = "nvidia-device-plugin";
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = crate::units::parse_duration(s).map_err(|e| e.to_string())?;
@@ -238,5 +519,96 @@ impl WebhookArgs {
     /// The config path, treating an empty value as none.
     pub fn config_path(&self) -> Option<&PathBuf> {
         self.config.as_ref().filter(|p| !p.as_os_str().is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(argv_from(args.iter().map(std::ffi::OsString::from)))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn invoked_as_nvidia_device_plugin_it_runs_with_nvidia_flag_spellings() {
+        let cli = parse(&[
+            "/usr/bin/nvidia-device-plugin",
+            "--mig-strategy=mixed",
+            "--fail-on-init-error=false",
+            "--device-list-strategy=envvar, cdi-cri",
+            "--nvidia-driver-root=/run/nvidia/driver",
+            "--config-file=/config/config.yaml",
+            "--pass-device-specs",
+        ]);
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        let o = run.inventory.overrides();
+        assert_eq!(o.mig_strategy, Some(MigStrategy::Mixed));
+        assert_eq!(o.fail_on_init_error, Some(false));
+        assert_eq!(
+            o.device_list_strategies,
+            Some(vec![DeviceListStrategy::Envvar, DeviceListStrategy::CdiCri])
+        );
+        assert_eq!(o.nvidia_driver_root.as_deref(), Some("/run/nvidia/driver"));
+        assert_eq!(o.pass_device_specs, Some(true));
+        assert_eq!(
+            run.inventory.config_path().unwrap().to_str(),
+            Some("/config/config.yaml")
+        );
+        // Under its own name nothing changes.
+        assert!(matches!(
+            parse(&["gpu-agent", "list"]).command,
+            Command::List(_)
+        ));
+    }
+
+    #[test]
+    fn kubelet_socket_default_override_and_empty() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["gpu-agent", "run", "--device-plugin-dir", "/dp"];
+            args.extend_from_slice(extra);
+            match parse(&args).command {
+                Command::Run(run) => run.kubelet_socket(),
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(run(&[]), Some(PathBuf::from("/dp/kubelet.sock")));
+        assert_eq!(
+            run(&["--kubelet-socket", "/k/kubelet.sock"]),
+            Some(PathBuf::from("/k/kubelet.sock"))
+        );
+        assert_eq!(run(&["--kubelet-socket", ""]), None);
+    }
+
+    #[test]
+    fn nvidia_values_are_checked_and_trimmed() {
+        let err = |args: &[&str]| Cli::try_parse_from(args).unwrap_err().to_string();
+        assert!(err(&["gpu-agent", "run", "--imex-channel-ids", "0,1"])
+            .contains("channel IDs must be [] or [0]"));
+        assert!(err(&["gpu-agent", "run", "--driver-root", "run/nvidia"]).contains("absolute"));
+        assert!(err(&[
+            "gpu-agent",
+            "run",
+            "--shared-devices-allocation-policy",
+            "spread"
+        ])
+        .contains("distributed or packed"));
+        let cli = parse(&[
+            "gpu-agent",
+            "run",
+            "--shared-devices-allocation-policy",
+            "packed",
+            "--imex-channel-ids",
+            " 0 ",
+        ]);
+        let Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        let o = run.inventory.overrides();
+        assert_eq!(o.shared_placement, Some(SharedPlacement::Packed));
+        assert_eq!(o.imex_channel_ids, Some(vec![0]));
     }
 }

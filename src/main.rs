@@ -8,7 +8,7 @@ use gpu_agent::commands::{self, Fatal};
 use gpu_agent::logging;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(gpu_agent::cli::argv());
     let result: Result<Option<String>, Fatal> = match cli.command {
         Command::Run(args) => {
             logging::init(args.log_format);

@@ -27,7 +27,6 @@ use crate::health::watcher::{self, XidCounts};
 use crate::http::{self, HttpState};
 use crate::metrics::{Metrics, Sources};
 use crate::plugin::{kubelet_watch, manager, PluginContext, StatusBoard};
-use crate::proto::v1beta1::KUBELET_SOCKET;
 use crate::snapshot::Snapshot;
 use crate::{labels, podresources, telemetry};
 
@@ -150,13 +149,15 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         shutdown.clone(),
     ));
 
+    let kubelet_socket = args.kubelet_socket();
     tokio::spawn(kubelet_watch::log_changes(
         args.device_plugin_dir.clone(),
-        KUBELET_SOCKET,
+        kubelet_socket.clone(),
         shutdown.clone(),
     ));
     let ctx = PluginContext {
         dir: args.device_plugin_dir.clone(),
+        kubelet_socket,
         snapshots: snapshots.clone(),
         status: status.clone(),
     };

@@ -49,6 +49,7 @@ impl From<LoadError> for Fatal {
 /// Load the config named by `args` (defaults when none) with flag / env overrides applied. Its
 /// warnings (unknown fields, ignored settings, differences from NVIDIA) are logged once here.
 pub fn load_config(args: &InventoryArgs) -> Result<Config, Fatal> {
+    args.log_ignored();
     let config = match args.config_path() {
         Some(path) => {
             let parsed = config::load(path)?;

@@ -14,6 +14,7 @@ mod validate;
 use std::path::Path;
 
 pub use model::*;
+pub use validate::parse_device_list_strategy;
 
 /// One problem in a config, with the field path it is about.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,26 +59,58 @@ pub struct Overrides {
     pub device_list_strategies: Option<Vec<DeviceListStrategy>>,
     pub device_id_strategy: Option<DeviceIdStrategy>,
     pub pass_device_specs: Option<bool>,
+    pub nvidia_driver_root: Option<String>,
+    pub nvidia_dev_root: Option<String>,
+    pub gdrcopy_enabled: Option<bool>,
+    pub gds_enabled: Option<bool>,
+    pub mofed_enabled: Option<bool>,
+    pub cdi_annotation_prefix: Option<String>,
+    pub nvidia_ctk_path: Option<String>,
+    pub container_driver_root: Option<String>,
+    pub mps_root: Option<String>,
+    pub shared_placement: Option<SharedPlacement>,
+    pub imex_channel_ids: Option<Vec<u32>>,
+    pub imex_required: Option<bool>,
 }
 
 impl Config {
     /// Apply flag / env overrides.
     pub fn with_overrides(mut self, o: &Overrides) -> Self {
-        if let Some(v) = o.mig_strategy {
-            self.mig_strategy = v;
+        fn set<T: Clone>(from: &Option<T>, into: &mut T) {
+            if let Some(v) = from {
+                *into = v.clone();
+            }
         }
-        if let Some(v) = o.fail_on_init_error {
-            self.fail_on_init_error = v;
+        set(&o.mig_strategy, &mut self.mig_strategy);
+        set(&o.fail_on_init_error, &mut self.fail_on_init_error);
+        let p = &mut self.plugin;
+        set(&o.device_list_strategies, &mut p.device_list_strategies);
+        set(&o.device_id_strategy, &mut p.device_id_strategy);
+        set(&o.pass_device_specs, &mut p.pass_device_specs);
+        if let Some(root) = &o.nvidia_driver_root {
+            // NVIDIA: the dev root is the driver root unless it was given.
+            if p.nvidia_dev_root == p.nvidia_driver_root {
+                p.nvidia_dev_root = root.clone();
+            }
+            p.nvidia_driver_root = root.clone();
         }
-        if let Some(v) = &o.device_list_strategies {
-            self.plugin.device_list_strategies = v.clone();
+        set(&o.nvidia_dev_root, &mut p.nvidia_dev_root);
+        set(&o.gdrcopy_enabled, &mut p.gdrcopy_enabled);
+        set(&o.gds_enabled, &mut p.gds_enabled);
+        set(&o.mofed_enabled, &mut p.mofed_enabled);
+        set(&o.cdi_annotation_prefix, &mut p.cdi_annotation_prefix);
+        if o.nvidia_ctk_path.is_some() {
+            p.nvidia_ctk_path = o.nvidia_ctk_path.clone();
         }
-        if let Some(v) = o.device_id_strategy {
-            self.plugin.device_id_strategy = v;
+        if o.container_driver_root.is_some() {
+            p.container_driver_root = o.container_driver_root.clone();
         }
-        if let Some(v) = o.pass_device_specs {
-            self.plugin.pass_device_specs = v;
+        set(&o.imex_channel_ids, &mut p.imex.channel_ids);
+        set(&o.imex_required, &mut p.imex.required);
+        if let Some(root) = &o.mps_root {
+            self.mps_root = Some(root.clone()).filter(|r| !r.is_empty());
         }
+        set(&o.shared_placement, &mut self.shared_placement);
         self
     }
 

@@ -66,8 +66,12 @@ pub fn probe_error(kind: ErrorKind) -> Probe {
 
 /// Log, once per node rather than once per plugin, when the device-plugin directory is missing
 /// or appears and when a `kubelet.sock` comes or goes, until `shutdown` turns true.
-pub async fn log_changes(dir: PathBuf, socket_name: &str, mut shutdown: watch::Receiver<bool>) {
-    let socket = dir.join(socket_name);
+pub async fn log_changes(
+    dir: PathBuf,
+    socket: Option<PathBuf>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let socket = socket.unwrap_or_default();
     let mut last = read(&dir, &socket);
     let mut starts = u64::from(last.1.is_some());
     log_dir(&dir, last.0, true);

@@ -52,7 +52,6 @@ use super::registration::{self, REGISTER_TIMEOUT};
 use super::served::Served;
 use super::server::StreamEvents;
 use super::status::StatusBoard;
-use crate::proto::v1beta1::KUBELET_SOCKET;
 use crate::resources::names;
 use crate::snapshot::Snapshot;
 
@@ -61,6 +60,9 @@ use crate::snapshot::Snapshot;
 pub struct PluginContext {
     /// The kubelet's device-plugin directory.
     pub dir: PathBuf,
+    /// The kubelet's registration socket; `None`: serve without registering (NVIDIA's empty
+    /// `KUBELET_SOCKET`).
+    pub kubelet_socket: Option<PathBuf>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub status: StatusBoard,
 }
@@ -151,7 +153,7 @@ pub async fn run(ctx: PluginContext, resource: String, stop: watch::Receiver<boo
     let (dropped_tx, dropped) = mpsc::channel(8);
     let mut plugin = Plugin {
         endpoint: names::socket_file(&resource),
-        kubelet_socket: ctx.dir.join(KUBELET_SOCKET),
+        kubelet_socket: ctx.kubelet_socket.clone(),
         events: StreamEvents::new(dropped_tx),
         served: None,
         backoff: Backoff::new(),
@@ -170,7 +172,7 @@ struct Plugin {
     /// Our socket's file name, as Register sends it.
     endpoint: String,
     socket: PathBuf,
-    kubelet_socket: PathBuf,
+    kubelet_socket: Option<PathBuf>,
     events: StreamEvents,
     dropped: mpsc::Receiver<u64>,
     served: Option<Served>,
@@ -273,6 +275,9 @@ impl Plugin {
     /// One Register call, made only while our socket is ours, and abandoned when the socket goes
     /// or a new kubelet appears during it.
     async fn register(&mut self) -> State {
+        let Some(kubelet_socket) = self.kubelet_socket.clone() else {
+            return self.serve_only().await;
+        };
         let Some(served) = self.served.as_ref() else {
             return State::Serve(Why::ServerExited);
         };
@@ -283,18 +288,18 @@ impl Plugin {
                 Why::SocketRemoved
             });
         }
-        let Some(kubelet) = kubelet_watch::identity(&self.kubelet_socket) else {
+        let Some(kubelet) = kubelet_watch::identity(&kubelet_socket) else {
             return State::WaitingForKubelet { stale: None };
         };
         let attempt = self.events.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let call = tokio::time::timeout(
             REGISTER_TIMEOUT,
-            registration::register(&self.kubelet_socket, &self.resource, &self.endpoint),
+            registration::register(&kubelet_socket, &self.resource, &self.endpoint),
         );
         let outcome = tokio::select! {
             _ = crate::sync::until_true(&mut self.stop) => return State::Stopped,
             _ = served.lost() => return State::Serve(Why::SocketRemoved),
-            _ = kubelet_replaced(&self.kubelet_socket, Some(kubelet)) => {
+            _ = kubelet_replaced(Some(&kubelet_socket), Some(kubelet)) => {
                 return State::Serve(Why::KubeletRestarted)
             }
             outcome = call => outcome,
@@ -324,7 +329,7 @@ impl Plugin {
         }
         let delay = self.backoff.next();
         tracing::warn!(
-            kubelet_socket = %self.kubelet_socket.display(),
+            kubelet_socket = %kubelet_socket.display(),
             %error,
             retry_in = ?delay,
             "registration failed; retrying"
@@ -336,6 +341,21 @@ impl Plugin {
         }
     }
 
+    /// No kubelet socket to register with (NVIDIA's empty `KUBELET_SOCKET`): serve until stopped,
+    /// and serve afresh if our socket is lost.
+    async fn serve_only(&mut self) -> State {
+        let Some(served) = self.served.as_ref() else {
+            return State::Serve(Why::ServerExited);
+        };
+        tracing::info!(
+            "no kubelet socket configured (KUBELET_SOCKET is empty): serving without registering"
+        );
+        tokio::select! {
+            _ = crate::sync::until_true(&mut self.stop) => State::Stopped,
+            _ = served.lost() => State::Serve(if served.exited() { Why::ServerExited } else { Why::SocketRemoved }),
+        }
+    }
+
     /// Registered with the kubelet whose socket is `kubelet`, under registration `generation`:
     /// wait for whatever ends it.
     async fn registered(&mut self, kubelet: SocketIdentity, generation: u64) -> State {
@@ -344,19 +364,19 @@ impl Plugin {
         };
         let why = tokio::select! {
             _ = crate::sync::until_true(&mut self.stop) => return State::Stopped,
-            _ = kubelet_replaced(&self.kubelet_socket, Some(kubelet)) => Why::KubeletRestarted,
+            _ = kubelet_replaced(self.kubelet_socket.as_deref(), Some(kubelet)) => Why::KubeletRestarted,
             _ = served.lost() => if served.exited() { Why::ServerExited } else { Why::SocketRemoved },
             _ = stream_dropped(&mut self.dropped, generation) => Why::StreamDropped,
         };
         self.ctx.status.set_registered(&self.resource, false);
         match why {
-            Why::StreamDropped => match kubelet_watch::probe(&self.kubelet_socket).await {
+            Why::StreamDropped => match probe(self.kubelet_socket.as_deref()).await {
                 // The kubelet is there and dropped us: register again.
                 Probe::Listening => State::Serve(why),
                 // The kubelet exited (its stream went with it): the next one will wipe the
                 // directory, so serving now would be wasted; wait for its socket.
                 _ => State::WaitingForKubelet {
-                    stale: kubelet_watch::identity(&self.kubelet_socket),
+                    stale: identity(self.kubelet_socket.as_deref()),
                 },
             },
             Why::ServerExited => {
@@ -375,19 +395,19 @@ impl Plugin {
         self.ctx.status.set_registered(&self.resource, false);
         // Integration tests wait for this message: keep its text.
         tracing::warn!(
-            kubelet_socket = %self.kubelet_socket.display(),
+            kubelet_socket = ?self.kubelet_socket,
             stale = stale.is_some(),
             "kubelet not reachable; waiting for it (a new kubelet.sock)"
         );
         loop {
             tokio::select! {
                 _ = crate::sync::until_true(&mut self.stop) => return State::Stopped,
-                _ = kubelet_replaced(&self.kubelet_socket, stale) => {
+                _ = kubelet_replaced(self.kubelet_socket.as_deref(), stale) => {
                     return State::Serve(Why::KubeletRestarted)
                 }
                 _ = tokio::time::sleep(STALE_RECHECK), if stale.is_some() => {
-                    if kubelet_watch::identity(&self.kubelet_socket) == stale
-                        && kubelet_watch::probe(&self.kubelet_socket).await == Probe::Listening
+                    if identity(self.kubelet_socket.as_deref()) == stale
+                        && probe(self.kubelet_socket.as_deref()).await == Probe::Listening
                     {
                         return State::Serve(Why::KubeletRestarted);
                     }
@@ -398,11 +418,11 @@ impl Plugin {
 
     /// Sleep `delay`, cut short by stop or a new kubelet socket.
     async fn pause(&mut self, delay: Duration) -> Woken {
-        let seen = kubelet_watch::identity(&self.kubelet_socket);
+        let seen = identity(self.kubelet_socket.as_deref());
         tokio::select! {
             _ = crate::sync::until_true(&mut self.stop) => Woken::Stop,
             _ = tokio::time::sleep(delay) => Woken::Elapsed,
-            _ = kubelet_replaced(&self.kubelet_socket, seen) => Woken::NewKubelet,
+            _ = kubelet_replaced(self.kubelet_socket.as_deref(), seen) => Woken::NewKubelet,
         }
     }
 }
@@ -411,7 +431,10 @@ impl Plugin {
 /// read. Reads the file itself (every [`kubelet_watch::POLL_INTERVAL`]) rather than the shared
 /// watcher, so that it compares like with like: an identity read a moment ago against the file
 /// now, never against a watcher that has not caught up yet.
-async fn kubelet_replaced(path: &Path, seen: Option<SocketIdentity>) {
+async fn kubelet_replaced(path: Option<&Path>, seen: Option<SocketIdentity>) {
+    let Some(path) = path else {
+        return std::future::pending().await;
+    };
     let mut ticker = tokio::time::interval(kubelet_watch::POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -420,6 +443,19 @@ async fn kubelet_replaced(path: &Path, seen: Option<SocketIdentity>) {
         if now.is_some() && now != seen {
             return;
         }
+    }
+}
+
+/// [`kubelet_watch::identity`] of the kubelet socket, if there is one to register with.
+fn identity(path: Option<&Path>) -> Option<SocketIdentity> {
+    path.and_then(kubelet_watch::identity)
+}
+
+/// [`kubelet_watch::probe`] of the kubelet socket, if there is one to register with.
+async fn probe(path: Option<&Path>) -> Probe {
+    match path {
+        Some(path) => kubelet_watch::probe(path).await,
+        None => Probe::Absent,
     }
 }
 
