@@ -16,7 +16,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target,sharing=locked \
     .ci/build-release \
-    && install -D -m 0755 target/release/gpu-agent /out/gpu-agent
+    && install -D -m 0755 target/release/gpu-agent /out/gpu-agent \
+    && ln -s gpu-agent /out/nvidia-device-plugin
 
 # Runtime: distroless with glibc and libgcc, no shell. Not a static musl binary: NVML
 # (libnvidia-ml.so.1) is loaded with dlopen at start, from the driver the NVIDIA container
@@ -27,7 +28,10 @@ LABEL org.opencontainers.image.title="gpu-agent" \
       org.opencontainers.image.description="Kubernetes GPU device plugin and node agent: exclusive, time-sliced, MIG and vGPU resources, health, metrics" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
-COPY --from=builder /out/gpu-agent /usr/local/bin/gpu-agent
+# /usr/local/bin/nvidia-device-plugin links to gpu-agent: run under that name (NVIDIA's image
+# command, which its helm chart's config-manager sidecar finds by name to send SIGHUP), the
+# binary is `gpu-agent run` with NVIDIA's flag spellings. A directory COPY keeps the link a link.
+COPY --from=builder /out/ /usr/local/bin/
 # Ask the NVIDIA container runtime for every GPU and only the "utility" driver libraries
 # (libnvidia-ml, nvidia-smi): the agent enumerates and monitors GPUs, it runs no CUDA.
 ENV NVIDIA_VISIBLE_DEVICES=all \

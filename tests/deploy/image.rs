@@ -160,11 +160,10 @@ fn the_image_is_built_with_the_command_ci_runs() {
 
     // What the image runs.
     let has = |op: &str, args: &str| steps.iter().any(|(o, a)| o == op && a == args);
-    assert!(has(
-        "COPY",
-        "--from=builder /out/gpu-agent /usr/local/bin/gpu-agent"
-    ));
+    assert!(has("COPY", "--from=builder /out/ /usr/local/bin/"));
     assert!(dockerfile.contains("install -D -m 0755 target/release/gpu-agent /out/gpu-agent"));
+    // NVIDIA's helm chart runs `nvidia-device-plugin` from PATH: the same binary under that name.
+    assert!(dockerfile.contains("ln -s gpu-agent /out/nvidia-device-plugin"));
     assert!(has("ENTRYPOINT", "[\"/usr/local/bin/gpu-agent\"]"));
     assert!(has("CMD", "[\"run\"]"));
     assert!(has(
