@@ -29,8 +29,9 @@ pub enum AllocateError {
     UnhealthyDevice { resource: String, id: String },
     #[error("empty device list for resource {resource}")]
     Empty { resource: String },
+    /// NVIDIA's text word for word (scripts and alerts match on it), then which setting says so.
     #[error(
-        "resource {resource} has failRequestsGreaterThanOne set: a container may request 1 replica, got {count}"
+        "invalid allocation request for {resource:?}: invalid request: maximum request size for shared resources is 1; found {count} (failRequestsGreaterThanOne is set for this resource)"
     )]
     TooManyReplicas { resource: String, count: usize },
     #[error("vGPU slices of resource {resource} come from different GPUs ({gpus}); a container may use slices of one GPU only")]

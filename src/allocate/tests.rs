@@ -341,6 +341,10 @@ fn refusals_name_what_is_wrong() {
             count: 2
         }
     );
+    // NVIDIA's wording, exactly.
+    assert!(err.to_string().starts_with(
+        "invalid allocation request for \"nvidia.com/gpu\": invalid request: maximum request size for shared resources is 1; found 2"
+    ), "{err}");
     allocate(&set, &config, "nvidia.com/gpu", &two[..1]).unwrap();
 }
 
