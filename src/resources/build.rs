@@ -42,11 +42,21 @@ struct Unit<'a> {
 }
 
 impl Unit<'_> {
-    fn id(&self, strategy: DeviceIdStrategy) -> String {
+    /// The ID the kubelet sees (before any replica / slice suffix): always the GPU or MIG UUID,
+    /// whatever `deviceIDStrategy` says, as in NVIDIA's plugin. An index is no stable identity:
+    /// it moves when a GPU is lost or the driver renumbers, and the kubelet's checkpoint would
+    /// then bind a running pod to a different GPU.
+    fn id(&self) -> String {
+        self.mig
+            .map_or_else(|| self.gpu.uuid.clone(), |m| m.uuid.clone())
+    }
+
+    /// The name the container is handed (`NVIDIA_VISIBLE_DEVICES`, volume-mount paths, CDI
+    /// device names): the UUID, or under `deviceIDStrategy: index` `<gpu>` / `<gpu>:<mig>`.
+    fn visible_id(&self, strategy: DeviceIdStrategy) -> String {
         match (self.mig, strategy) {
-            (Some(m), DeviceIdStrategy::Uuid) => m.uuid.clone(),
+            (_, DeviceIdStrategy::Uuid) => self.id(),
             (Some(m), DeviceIdStrategy::Index) => ids::mig_index(self.gpu.index, m.index),
-            (None, DeviceIdStrategy::Uuid) => self.gpu.uuid.clone(),
             (None, DeviceIdStrategy::Index) => self.gpu.index.to_string(),
         }
     }
@@ -207,15 +217,12 @@ pub fn build(
             .iter()
             .zip(claim)
             .filter(|(_, c)| c.is_none())
-            .map(|(unit, _)| {
-                let id = unit.id(id_strategy);
-                Device {
-                    visible_id: id.clone(),
-                    id,
-                    health: unit.health(health),
-                    numa_node: unit.gpu.numa_node,
-                    target: unit.target(None, None),
-                }
+            .map(|(unit, _)| Device {
+                id: unit.id(),
+                visible_id: unit.visible_id(id_strategy),
+                health: unit.health(health),
+                numa_node: unit.gpu.numa_node,
+                target: unit.target(None, None),
             })
             .collect();
         let strategy = if list.iter().any(|u| u.mig.is_some()) {
@@ -236,7 +243,8 @@ pub fn build(
         let mut devices = Vec::new();
         for &u in selected {
             let unit = list[u];
-            let base = unit.id(id_strategy);
+            let base = unit.id();
+            let visible = unit.visible_id(id_strategy);
             match rule.kind {
                 RuleKind::TimeSliced { replicas } => {
                     for n in 0..replicas {
@@ -245,7 +253,7 @@ pub fn build(
                             health: unit.health(health),
                             numa_node: unit.gpu.numa_node,
                             target: unit.target(Some(n), None),
-                            visible_id: base.clone(),
+                            visible_id: visible.clone(),
                         });
                     }
                 }
@@ -277,7 +285,7 @@ pub fn build(
                                     compute_percent,
                                 }),
                             ),
-                            visible_id: base.clone(),
+                            visible_id: visible.clone(),
                         });
                     }
                 }

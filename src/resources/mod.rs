@@ -73,7 +73,7 @@ impl Health {
 pub struct MigTarget {
     pub uuid: String,
     pub profile: String,
-    /// Position under the parent GPU (for `index` device IDs).
+    /// Position under the parent GPU (for `<gpu>:<mig>` names under `deviceIDStrategy: index`).
     pub index: u32,
     pub gpu_instance_id: u32,
     pub compute_instance_id: u32,
@@ -119,14 +119,16 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Device {
-    /// Device ID as the kubelet sees it (see [`ids`]).
+    /// Device ID as the kubelet sees it (see [`ids`]): UUID-based under every
+    /// `deviceIDStrategy`.
     pub id: String,
     pub health: Health,
     /// NUMA node of the GPU, for the kubelet's topology manager.
     pub numa_node: Option<u32>,
     pub target: Target,
-    /// The ID of the underlying GPU / MIG device under the configured ID strategy: what goes
-    /// into `NVIDIA_VISIBLE_DEVICES` and CDI device names.
+    /// The name of the underlying GPU / MIG device under the configured `deviceIDStrategy`
+    /// (UUID, or index / `<gpu>:<mig>`): what goes into `NVIDIA_VISIBLE_DEVICES`, volume-mount
+    /// paths and CDI device names. Replicas and slices of one device share it.
     pub visible_id: String,
 }
 
