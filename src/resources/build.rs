@@ -24,6 +24,17 @@ pub enum BuildError {
     /// A config rule that only fails on this node (a count overlapping a list, a missing device).
     #[error("{path}: {message}")]
     Config { path: String, message: String },
+    /// A device the config requires is not on this node (`imex.required`).
+    #[error("IMEX: {0}")]
+    Imex(#[from] crate::extras::MissingImexChannel),
+}
+
+impl BuildError {
+    /// True when the node, not the config, is at fault (MIG layout, a missing required device):
+    /// `run` exits 1 for these, 2 for config rules.
+    pub fn is_node_problem(&self) -> bool {
+        matches!(self, BuildError::Mig(_) | BuildError::Imex(_))
+    }
 }
 
 /// The resources, plus problems that were tolerated (`failOnInitError: false`).
