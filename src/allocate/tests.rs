@@ -36,7 +36,12 @@ fn allocate(
     resource: &str,
     ids: &[String],
 ) -> Result<ContainerAllocateResponse, AllocateError> {
-    container_response(set.get(resource).unwrap(), ids, &config.plugin)
+    container_response(
+        set.get(resource).unwrap(),
+        ids,
+        &config.plugin,
+        &NodeExtras::default(),
+    )
 }
 
 fn with_strategies(mut config: Config, list: &[DeviceListStrategy]) -> Config {
