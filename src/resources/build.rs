@@ -65,10 +65,9 @@ impl Unit<'_> {
     /// The name the container is handed (`NVIDIA_VISIBLE_DEVICES`, volume-mount paths, CDI
     /// device names): the UUID, or under `deviceIDStrategy: index` `<gpu>` / `<gpu>:<mig>`.
     fn visible_id(&self, strategy: DeviceIdStrategy) -> String {
-        match (self.mig, strategy) {
-            (_, DeviceIdStrategy::Uuid) => self.id(),
-            (Some(m), DeviceIdStrategy::Index) => ids::mig_index(self.gpu.index, m.index),
-            (None, DeviceIdStrategy::Index) => self.gpu.index.to_string(),
+        match strategy {
+            DeviceIdStrategy::Uuid => self.id(),
+            DeviceIdStrategy::Index => ids::index_name(self.gpu.index, self.mig.map(|m| m.index)),
         }
     }
 

@@ -28,6 +28,11 @@ pub fn mig_index(gpu_index: u32, mig_index: u32) -> String {
     format!("{gpu_index}:{mig_index}")
 }
 
+/// Name of a GPU (`<gpu>`) or of its MIG device `mig` (`<gpu>:<mig>`) under the index strategy.
+pub fn index_name(gpu_index: u32, mig: Option<u32>) -> String {
+    mig.map_or_else(|| gpu_index.to_string(), |m| mig_index(gpu_index, m))
+}
+
 /// The underlying device ID of an advertised ID (strips `::<n>` / `::vgpu<n>`).
 pub fn base(id: &str) -> &str {
     id.split_once(SEPARATOR).map_or(id, |(base, _)| base)
@@ -42,6 +47,8 @@ mod tests {
         assert_eq!(replica("GPU-1", 3), "GPU-1::3");
         assert_eq!(vgpu_slice("GPU-1", 0), "GPU-1::vgpu0");
         assert_eq!(mig_index(2, 1), "2:1");
+        assert_eq!(index_name(2, Some(1)), "2:1");
+        assert_eq!(index_name(3, None), "3");
         assert_eq!(base("GPU-1::3"), "GPU-1");
         assert_eq!(base("GPU-1::vgpu7"), "GPU-1");
         assert_eq!(base("MIG-9"), "MIG-9");

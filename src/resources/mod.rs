@@ -173,6 +173,23 @@ impl Resource {
         self.by_id.get(id).map(|&i| &self.devices[i])
     }
 
+    /// The device with this ID or, failing that, the one an agent before UUID-only IDs advertised
+    /// under this ID with `deviceIDStrategy: index` (`<gpu>`, `<gpu>:<mig>`, plus `::<n>` /
+    /// `::vgpu<n>`). The kubelet keeps the IDs it allocated in its checkpoint and reports them
+    /// through pod-resources until the pod ends, so metrics attribution still places pods started
+    /// before an upgrade. Allocate never accepts these: it uses [`Self::device`].
+    pub fn device_or_legacy(&self, id: &str) -> Option<&Device> {
+        self.device(id).or_else(|| {
+            let base = ids::base(id);
+            let suffix = &id[base.len()..];
+            self.devices.iter().find(|d| {
+                let t = &d.target;
+                ids::index_name(t.gpu_index, t.mig.as_ref().map(|m| m.index)) == base
+                    && d.id[ids::base(&d.id).len()..] == *suffix
+            })
+        })
+    }
+
     /// Number of devices per health state.
     pub fn count(&self, health: Health) -> usize {
         self.devices.iter().filter(|d| d.health == health).count()

@@ -93,6 +93,33 @@ fn index_strategy_keeps_uuid_ids_for_replicas_and_slices() {
         .is_some());
     assert!(slices.device("1::vgpu1").is_none());
     assert!(set.get("nvidia.com/gpu").unwrap().device("0").is_none());
+
+    // Index IDs an earlier agent advertised still place pods for attribution.
+    let legacy = |resource: &str, id: &str| {
+        set.get(resource)
+            .unwrap()
+            .device_or_legacy(id)
+            .map(|d| d.id.clone())
+    };
+    assert_eq!(
+        legacy("nvidia.com/mig-1g.10gb", "2:2::1"),
+        Some(format!("{}::1", mig.uuid))
+    );
+    assert_eq!(
+        legacy("nvidia.com/gpu.vgpu", "1::vgpu1"),
+        Some(format!("{}::vgpu1", inv.gpus[1].uuid))
+    );
+    assert_eq!(
+        legacy("nvidia.com/gpu", "0"),
+        Some(inv.gpus[0].uuid.clone())
+    );
+    assert_eq!(
+        legacy("nvidia.com/gpu", &inv.gpus[0].uuid),
+        Some(inv.gpus[0].uuid.clone())
+    );
+    assert_eq!(legacy("nvidia.com/mig-1g.10gb", "2:2::7"), None);
+    assert_eq!(legacy("nvidia.com/mig-1g.10gb", "2:2"), None);
+    assert_eq!(legacy("nvidia.com/gpu", "1"), None);
 }
 
 #[test]
