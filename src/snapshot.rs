@@ -138,14 +138,14 @@ mod tests {
         build(imex(false), missing).unwrap();
         // A node problem and a config problem are both reported.
         let mut bad = imex(true);
-        bad.time_slicing
-            .resources
-            .push(crate::config::TimeSlicingRule {
-                name: "nvidia.com/gpu".into(),
-                rename: None,
-                replicas: 2,
-                devices: crate::config::DeviceSelector::Count(5),
-            });
+        // A slice larger than the GPU: a config rule that fails on this node.
+        bad.vgpu.push(crate::config::VgpuRule {
+            name: "nvidia.com/gpu".into(),
+            rename: None,
+            memory_mib: 1 << 30,
+            compute_percent: None,
+            devices: crate::config::DeviceSelector::All,
+        });
         let errors = build(bad, NodeExtras::default()).unwrap_err();
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(!errors[0].is_node_problem() && errors[1].is_node_problem());
