@@ -227,6 +227,7 @@ async fn pipeline() -> Result<Pipeline> {
             inventory: inventory_rx,
             config: config_rx,
             health: health_rx.clone(),
+            probe: gpu_agent::extras::discover::Probe::host(),
         },
         snapshot_tx,
         policy_tx,

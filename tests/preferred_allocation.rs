@@ -35,30 +35,41 @@ async fn whole_gpus_follow_nvlink_islands_and_survive_a_lost_gpu() {
     ];
     let (kubelet, _agent, reg) = start_registered(dir.path(), &args).await;
     let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    // deviceIDStrategy index: the kubelet still sees UUIDs, in GPU index order.
     let ids = plugin.ids();
-    assert_eq!(ids, ["0", "1", "2", "3", "4", "5", "6", "7"]);
+    assert_eq!(ids.len(), 8);
+    assert!(ids.iter().all(|id| id.starts_with("GPU-")), "{ids:?}");
+    let index = |got: &[String]| -> Vec<usize> {
+        got.iter()
+            .map(|id| ids.iter().position(|i| i == id).unwrap())
+            .collect()
+    };
+    let sorted = |got: &[String]| {
+        let mut v = index(got);
+        v.sort_unstable();
+        v
+    };
 
-    let mut got = plugin.preferred(&ids, &[], 4).await;
-    got.sort();
-    assert_eq!(got, ["0", "2", "4", "6"]);
-    let got = plugin.preferred(&ids, &["5".to_string()], 2).await;
-    assert_eq!(got, ["5", "1"]);
+    let got = plugin.preferred(&ids, &[], 4).await;
+    assert_eq!(sorted(&got), [0, 2, 4, 6]);
+    let got = plugin.preferred(&ids, &[ids[5].clone()], 2).await;
+    assert_eq!(index(&got), [5, 1]);
 
     // GPU 4 falls off the bus. Once the agent has seen it, it is not picked even though this
     // kubelet still offers it, and the call still answers from the remaining GPUs.
     replace_file(&fixture_path, &fixture(true));
+    let gpu4 = ids[4].clone();
     plugin
         .until("GPU 4 unhealthy", |devices| {
             devices
                 .iter()
-                .any(|d| d.id == "4" && d.health == "Unhealthy")
+                .any(|d| d.id == gpu4 && d.health == "Unhealthy")
         })
         .await;
-    let mut got = plugin.preferred(&ids, &[], 4).await;
-    got.sort();
-    assert_eq!(got, ["1", "3", "5", "7"]);
-    let got = plugin.preferred(&ids, &["6".to_string()], 3).await;
-    assert_eq!(got, ["6", "0", "2"]);
+    let got = plugin.preferred(&ids, &[], 4).await;
+    assert_eq!(sorted(&got), [1, 3, 5, 7]);
+    let got = plugin.preferred(&ids, &[ids[6].clone()], 3).await;
+    assert_eq!(index(&got), [6, 0, 2]);
 }
 
 #[tokio::test]

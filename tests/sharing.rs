@@ -335,9 +335,18 @@ async fn volume_mounts_and_device_specs_with_index_ids() {
     let args = ["--config", arg(&config), "--pass-device-specs"];
     let (kubelet, _agent, reg) = start_registered(dir.path(), &args).await;
     let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
-    assert_eq!(plugin.ids(), ["0", "1", "2", "3", "4", "5", "6", "7"]);
+    // The kubelet sees UUIDs whatever deviceIDStrategy says; the container gets indices.
+    let ids = plugin.ids();
+    let doc = list_json(&[]);
+    let uuids: Vec<&str> = doc["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["uuid"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, uuids);
 
-    let r = plugin.allocate(&["3", "6"]).await.unwrap();
+    let r = plugin.allocate(&[&ids[3], &ids[6]]).await.unwrap();
     assert_eq!(
         r.envs["NVIDIA_VISIBLE_DEVICES"],
         "/var/run/nvidia-container-devices"

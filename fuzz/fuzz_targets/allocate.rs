@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
             .device(id)
             .is_none_or(|d| d.health != Health::Healthy)
     });
-    match allocate::container_response(resource, &ids, &config.plugin) {
+    match allocate::container_response(resource, &ids, &config.plugin, &Default::default()) {
         Ok(_) => assert!(first_bad.is_none() && !ids.is_empty()),
         Err(
             AllocateError::UnknownDevice { id, .. } | AllocateError::UnhealthyDevice { id, .. },

@@ -2,6 +2,10 @@
 //!
 //! A new config that cannot be built on this node is rejected (logged, counted) and the last good
 //! one stays; a new inventory that cannot be built keeps the last snapshot and logs why.
+//!
+//! The node's extras (GDS / MOFED / GDRCopy devices, IMEX channels) are discovered again with
+//! every new config, as NVIDIA's plugin does when a config change restarts it; inventory and
+//! health changes reuse what was found for the config in force.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,15 +14,17 @@ use tokio::sync::watch;
 
 use super::AgentStats;
 use crate::config::Config;
+use crate::extras::discover::Probe;
 use crate::gpu::Inventory;
 use crate::health::{HealthEnv, HealthPolicy, HealthState};
 use crate::snapshot::Snapshot;
 
-/// The input channels.
+/// The input channels, and how the node's extras are looked for.
 pub struct Inputs {
     pub inventory: watch::Receiver<Arc<Inventory>>,
     pub config: watch::Receiver<Arc<Config>>,
     pub health: watch::Receiver<Arc<HealthState>>,
+    pub probe: Probe,
 }
 
 /// Run until every input sender is gone or `shutdown`.
@@ -31,6 +37,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut good_config = snapshots.borrow().config.clone();
+    let mut good_extras = snapshots.borrow().extras.clone();
     loop {
         let config_changed = tokio::select! {
             _ = crate::sync::until_true(&mut shutdown) => break,
@@ -40,13 +47,15 @@ pub async fn run(
         };
         let inventory = inputs.inventory.borrow_and_update().clone();
         let health = inputs.health.borrow_and_update().clone();
-        let config = if config_changed {
-            inputs.config.borrow_and_update().clone()
-        } else {
-            good_config.clone()
-        };
         let _span = tracing::info_span!("rebuild", config_changed).entered();
-        match Snapshot::build(inventory, config.clone(), health) {
+        let (config, extras) = if config_changed {
+            let config = inputs.config.borrow_and_update().clone();
+            let extras = Arc::new(inputs.probe.discover(&config.plugin));
+            (config, extras)
+        } else {
+            (good_config.clone(), good_extras.clone())
+        };
+        match Snapshot::build_with(inventory, config.clone(), health, extras.clone()) {
             Ok(snapshot) => {
                 snapshot.log_warnings();
                 if config_changed {
@@ -54,6 +63,7 @@ pub async fn run(
                     tracing::info!(summary = %config.summary(), resources = ?snapshot.resources.names().collect::<Vec<_>>(), "config applied");
                     policies.send_replace(health_env.policy(&config.health));
                     good_config = config;
+                    good_extras = extras;
                 }
                 crate::health::report::log_changes(
                     &snapshots.borrow().resources,
@@ -71,5 +81,96 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::symlink;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::ImexSettings;
+    use crate::extras::discover::Roots;
+    use crate::gpu::fixture;
+
+    fn imex_required() -> Arc<Config> {
+        let mut config = Config::default();
+        config.plugin.imex = ImexSettings {
+            channel_ids: vec![0],
+            required: true,
+        };
+        Arc::new(config)
+    }
+
+    async fn eventually(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_reload_needing_a_missing_imex_channel_keeps_the_last_good_config() {
+        let node = tempfile::tempdir().unwrap();
+        let roots = Roots {
+            dev: node.path().into(),
+            driver: node.path().into(),
+        };
+        let inventory = Arc::new(
+            fixture::parse("gpus: [{model: NVIDIA H100 80GB HBM3}]")
+                .unwrap()
+                .inventory,
+        );
+        let first = Arc::new(Config::default());
+        let snapshot = Snapshot::build(inventory.clone(), first.clone(), Arc::default()).unwrap();
+        let (_inventory_tx, inventory_rx) = watch::channel(inventory);
+        let (config_tx, config_rx) = watch::channel(first.clone());
+        let (health_tx, health_rx) = watch::channel(Arc::new(HealthState::default()));
+        let (snapshot_tx, mut snapshots) = watch::channel(Arc::new(snapshot));
+        let env = HealthEnv::default();
+        let (policy_tx, _policies) = watch::channel(env.policy(&first.health));
+        let stats = Arc::new(AgentStats::default());
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(run(
+            Inputs {
+                inventory: inventory_rx,
+                config: config_rx,
+                health: health_rx,
+                probe: Probe::at(roots),
+            },
+            snapshot_tx,
+            policy_tx,
+            env,
+            stats.clone(),
+            shutdown,
+        ));
+
+        // Channel 0 required and not on the node: refused, the first config stays.
+        config_tx.send_replace(imex_required());
+        let failures = || stats.config_reload_failures.load(Ordering::Relaxed);
+        eventually("the reload to be refused", || failures() == 1).await;
+        assert_eq!(snapshots.borrow_and_update().config, first);
+
+        // The channel appears; the next reload finds it and applies.
+        let channel = node.path().join("dev/nvidia-caps-imex-channels/channel0");
+        std::fs::create_dir_all(channel.parent().unwrap()).unwrap();
+        symlink("/dev/null", &channel).unwrap();
+        config_tx.send_replace(imex_required());
+        snapshots.changed().await.unwrap();
+        let applied = snapshots.borrow_and_update().clone();
+        assert!(applied.config.plugin.imex.required);
+        assert_eq!(applied.extras.imex_channels, [0]);
+
+        // A health change rebuilds with what was found for the config in force, without looking
+        // again: the channel vanishing is not noticed until the next reload.
+        std::fs::remove_file(&channel).unwrap();
+        health_tx.send_replace(Arc::new(HealthState::default()));
+        snapshots.changed().await.unwrap();
+        assert_eq!(snapshots.borrow_and_update().extras.imex_channels, [0]);
+        assert_eq!(failures(), 1);
     }
 }

@@ -132,6 +132,7 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
             inventory: inventory_rx,
             config: config_rx,
             health: health_rx,
+            probe: crate::extras::discover::Probe::host(),
         },
         snapshot_tx,
         policy_tx,

@@ -2,14 +2,17 @@
 //!
 //! The request is checked first (every ID known and healthy, replica and vGPU rules), then the
 //! underlying devices are handed over with each configured device-list strategy
-//! ([`strategies`]), plus device nodes ([`device_specs`]) and vGPU limits.
+//! ([`strategies`]), plus device nodes ([`device_specs`]), vGPU limits, and what every container
+//! gets: GDS / MOFED / GDRCopy and IMEX channels ([`extras`]).
 
 pub mod device_specs;
+pub mod extras;
 pub mod strategies;
 
 use std::collections::HashMap;
 
 use crate::config::PluginSettings;
+use crate::extras::NodeExtras;
 use crate::proto::v1beta1::ContainerAllocateResponse;
 use crate::resources::{Device, Health, Resource, Strategy, VgpuSlice};
 
@@ -29,8 +32,9 @@ pub enum AllocateError {
     UnhealthyDevice { resource: String, id: String },
     #[error("empty device list for resource {resource}")]
     Empty { resource: String },
+    /// NVIDIA's text word for word (scripts and alerts match on it), then which setting says so.
     #[error(
-        "resource {resource} has failRequestsGreaterThanOne set: a container may request 1 replica, got {count}"
+        "invalid allocation request for {resource:?}: invalid request: maximum request size for shared resources is 1; found {count} (failRequestsGreaterThanOne is set for this resource)"
     )]
     TooManyReplicas { resource: String, count: usize },
     #[error("vGPU slices of resource {resource} come from different GPUs ({gpus}); a container may use slices of one GPU only")]
@@ -97,7 +101,8 @@ pub fn visible_ids(devices: &[&Device]) -> Vec<String> {
 
 /// Build the response for one container: the request is checked ([`resolve`]), the devices are
 /// handed over with every configured device-list strategy ([`strategies`]), device nodes are
-/// added under `passDeviceSpecs` ([`device_specs`]) and vGPU limits as env ([`vgpu_limits`]).
+/// added under `passDeviceSpecs` ([`device_specs`]), vGPU limits as env ([`vgpu_limits`]), and
+/// the node's extras found for this config (`extras`: IMEX channels, GDS / MOFED / GDRCopy).
 ///
 /// Like NVIDIA's plugin, device specs are only passed when at least one non-CDI strategy is
 /// configured: with CDI alone the spec file already gives the container its nodes.
@@ -105,14 +110,28 @@ pub fn container_response(
     resource: &Resource,
     ids: &[String],
     plugin: &PluginSettings,
+    extras: &NodeExtras,
 ) -> Result<ContainerAllocateResponse, AllocateError> {
     let devices = resolve(resource, ids)?;
     let visible = visible_ids(&devices);
+    let channels = extras::imex_channels(plugin, extras);
     let mut response = ContainerAllocateResponse::default();
-    strategies::apply(&mut response, &resource.name, &visible, plugin);
+    extras::feature_envs(&mut response.envs, plugin);
+    strategies::apply(
+        &mut response,
+        &resource.name,
+        &visible,
+        &channels,
+        plugin,
+        extras,
+    );
     let any_legacy = plugin.device_list_strategies.iter().any(|s| !s.uses_cdi());
     if plugin.pass_device_specs && any_legacy {
-        response.devices = device_specs::for_devices(&devices, &plugin.nvidia_dev_root);
+        let dev_root = plugin.nvidia_dev_root.as_str();
+        response.devices = device_specs::for_devices(&devices, dev_root);
+        response
+            .devices
+            .extend(extras::imex_specs(&channels, dev_root));
     }
     vgpu_limits(&mut response.envs, &devices);
     Ok(response)

@@ -9,10 +9,13 @@
 //! | `cdi-cri` | `cdi_devices` = `k8s.gpu-agent.io/gpu=<id>`, … |
 //!
 //! `<id>` is the device's visible ID: GPU UUID or index, MIG UUID or `<gpu>:<mig>`; replicas and
-//! vGPU slices name their underlying device, once.
+//! vGPU slices name their underlying device, once, in request order. Each strategy also hands over
+//! the IMEX channels, and the CDI ones the features found (see [`super::extras`]).
 
+use super::extras::{imex_env, imex_mounts, NVIDIA_IMEX_CHANNELS};
 use crate::cdi;
 use crate::config::{DeviceListStrategy, PluginSettings};
+use crate::extras::NodeExtras;
 use crate::proto::v1beta1::{CdiDevice, ContainerAllocateResponse, Mount};
 
 /// Env var read by the NVIDIA container runtime.
@@ -23,18 +26,26 @@ pub const VOLUME_MOUNTS_ROOT: &str = "/var/run/nvidia-container-devices";
 pub const VOLUME_MOUNTS_HOST_PATH: &str = "/dev/null";
 
 /// Add every configured strategy's part for the devices `visible` (de-duplicated visible IDs)
-/// of `resource` to `response`.
+/// of `resource`, and for the IMEX `channels` and the features found on the node (`extras`), to
+/// `response`.
 pub fn apply(
     response: &mut ContainerAllocateResponse,
     resource: &str,
     visible: &[String],
+    channels: &[u32],
     plugin: &PluginSettings,
+    extras: &NodeExtras,
 ) {
     let has = |s: DeviceListStrategy| plugin.device_list_strategies.contains(&s);
     if has(DeviceListStrategy::Envvar) {
         response
             .envs
             .insert(NVIDIA_VISIBLE_DEVICES.into(), visible.join(","));
+        if !channels.is_empty() {
+            response
+                .envs
+                .insert(NVIDIA_IMEX_CHANNELS.into(), imex_env(channels));
+        }
     }
     if has(DeviceListStrategy::VolumeMounts) {
         response
@@ -47,16 +58,25 @@ pub fn apply(
                 host_path: VOLUME_MOUNTS_HOST_PATH.into(),
                 read_only: true,
             })
+            .chain(imex_mounts(channels))
             .collect();
     }
-    let cdi_names = || visible.iter().map(|id| cdi::device_name(id));
+    if !(has(DeviceListStrategy::CdiAnnotations) || has(DeviceListStrategy::CdiCri)) {
+        return;
+    }
+    // NVIDIA's order: the GPUs, then the IMEX channels, then gdrcopy, gds, mofed.
+    let mut cdi_names: Vec<String> = visible.iter().map(|id| cdi::device_name(id)).collect();
+    cdi_names.extend(cdi::extras::allocate_names(plugin, extras));
     if has(DeviceListStrategy::CdiAnnotations) {
         response.annotations.insert(
             cdi::annotation_key(&plugin.cdi_annotation_prefix, resource),
-            cdi_names().collect::<Vec<_>>().join(","),
+            cdi_names.join(","),
         );
     }
     if has(DeviceListStrategy::CdiCri) {
-        response.cdi_devices = cdi_names().map(|name| CdiDevice { name }).collect();
+        response.cdi_devices = cdi_names
+            .into_iter()
+            .map(|name| CdiDevice { name })
+            .collect();
     }
 }

@@ -36,7 +36,12 @@ fn allocate(
     resource: &str,
     ids: &[String],
 ) -> Result<ContainerAllocateResponse, AllocateError> {
-    container_response(set.get(resource).unwrap(), ids, &config.plugin)
+    container_response(
+        set.get(resource).unwrap(),
+        ids,
+        &config.plugin,
+        &NodeExtras::default(),
+    )
 }
 
 fn with_strategies(mut config: Config, list: &[DeviceListStrategy]) -> Config {
@@ -61,12 +66,42 @@ fn envvar_names_underlying_devices_once() {
 }
 
 #[test]
-fn index_ids_for_gpus_and_mig_devices() {
-    let (_, config, set) = setup("flags: {migStrategy: mixed, plugin: {deviceIDStrategy: index}}");
-    let r = allocate(&set, &config, "nvidia.com/gpu", &["1".into()]).unwrap();
+fn index_strategy_hands_indices_for_uuid_ids() {
+    let (inv, config, set) =
+        setup("flags: {migStrategy: mixed, plugin: {deviceIDStrategy: index}}");
+    // The kubelet names UUIDs; the container gets indices.
+    let r = allocate(&set, &config, "nvidia.com/gpu", &[inv.gpus[1].uuid.clone()]).unwrap();
     assert_eq!(r.envs[NVIDIA_VISIBLE_DEVICES], "1");
-    let r = allocate(&set, &config, "nvidia.com/mig-1g.10gb", &["2:1".into()]).unwrap();
+    let mig = inv.gpus[2].mig_devices[1].uuid.clone();
+    let r = allocate(&set, &config, "nvidia.com/mig-1g.10gb", &[mig]).unwrap();
     assert_eq!(r.envs[NVIDIA_VISIBLE_DEVICES], "2:1");
+    // Index names are not advertised IDs.
+    let err = allocate(&set, &config, "nvidia.com/gpu", &["1".into()]).unwrap_err();
+    assert!(matches!(err, AllocateError::UnknownDevice { .. }), "{err}");
+}
+
+#[test]
+fn index_strategy_collapses_replicas_in_request_order_everywhere() {
+    let (inv, config, set) = setup(
+        "flags: {plugin: {deviceIDStrategy: index, deviceListStrategy: [envvar, volume-mounts, cdi-cri]}}\nsharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2}]}}",
+    );
+    // GPU 1's replica first, then both of GPU 0's.
+    let picked = ids(&set, "nvidia.com/gpu", &[3, 1, 0]);
+    assert_eq!(picked[0], format!("{}::1", inv.gpus[1].uuid));
+    let r = allocate(&set, &config, "nvidia.com/gpu", &picked).unwrap();
+    let mounts: Vec<&str> = r.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    assert_eq!(
+        mounts,
+        [
+            "/var/run/nvidia-container-devices/1",
+            "/var/run/nvidia-container-devices/0"
+        ]
+    );
+    let cdi: Vec<&str> = r.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(cdi, ["k8s.gpu-agent.io/gpu=1", "k8s.gpu-agent.io/gpu=0"]);
+    let envvar_only = with_strategies(config, &[DeviceListStrategy::Envvar]);
+    let r = allocate(&set, &envvar_only, "nvidia.com/gpu", &picked).unwrap();
+    assert_eq!(r.envs[NVIDIA_VISIBLE_DEVICES], "1,0");
 }
 
 #[test]
@@ -341,6 +376,10 @@ fn refusals_name_what_is_wrong() {
             count: 2
         }
     );
+    // NVIDIA's wording, exactly.
+    assert!(err.to_string().starts_with(
+        "invalid allocation request for \"nvidia.com/gpu\": invalid request: maximum request size for shared resources is 1; found 2"
+    ), "{err}");
     allocate(&set, &config, "nvidia.com/gpu", &two[..1]).unwrap();
 }
 

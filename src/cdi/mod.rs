@@ -4,13 +4,16 @@
 //! - [`device_name`]: `k8s.gpu-agent.io/gpu=<id>`, `<id>` being the device's visible ID (GPU UUID or
 //!   index, MIG UUID or `<gpu>:<mig>`), exactly what `NVIDIA_VISIBLE_DEVICES` would hold.
 //! - [`annotation_key`]: one key per resource (see there).
-//! - [`spec`]: the pure spec builder; [`writer`]: writes it atomically when it changes.
+//! - [`spec`]: the pure spec builder; [`extras`]: the specs of the node extras (`gds`, `mofed`,
+//!   `gdrcopy`, `imex-channel`), one file per class as NVIDIA writes them; [`writer`]: writes them
+//!   atomically when they change.
 //! - [`driver`]: finds the driver's libraries, binaries and firmware under the driver root (read
 //!   through [`rootfs`]); [`layout`]: where they go in the container (mounts, and the
 //!   `nvidia-ctk` ldcache hook when the toolkit is there), so that a container started through
 //!   CDI alone, with no NVIDIA runtime hook, gets `libcuda.so.1` and `nvidia-smi`.
 
 pub mod driver;
+pub mod extras;
 pub mod layout;
 pub mod rootfs;
 pub mod spec;
@@ -21,6 +24,12 @@ pub mod writer;
 /// `nvidia.com/gpu=<uuid>` too, and two specs defining the same device make the runtime reject
 /// both; NVIDIA's device plugin avoids it the same way (`k8s.device-plugin.nvidia.com`).
 pub const KIND: &str = "k8s.gpu-agent.io/gpu";
+/// Vendor part of every kind we define.
+pub const VENDOR: &str = "k8s.gpu-agent.io";
+/// Class of the GPUs and MIG devices.
+pub const GPU_CLASS: &str = "gpu";
+/// Class of the IMEX channels (NVIDIA's name): device `<channel id>`.
+pub const IMEX_CLASS: &str = "imex-channel";
 /// CDI spec version written. 0.6.0 is understood by containerd ≥ 1.7.2 and CRI-O ≥ 1.28 and
 /// carries everything we use (device nodes with host paths, env, mounts, named hooks).
 pub const CDI_VERSION: &str = "0.6.0";
@@ -29,7 +38,23 @@ pub const ANNOTATION_PLUGIN: &str = "gpu-agent";
 
 /// Fully-qualified CDI device name of the device with visible ID `id`.
 pub fn device_name(id: &str) -> String {
-    format!("{KIND}={id}")
+    qualified_name(GPU_CLASS, id)
+}
+
+/// `k8s.gpu-agent.io/<class>`: the `kind` of that class's spec.
+pub fn kind(class: &str) -> String {
+    format!("{VENDOR}/{class}")
+}
+
+/// `k8s.gpu-agent.io/<class>=<name>`, the form the runtime resolves.
+pub fn qualified_name(class: &str, name: &str) -> String {
+    format!("{VENDOR}/{class}={name}")
+}
+
+/// File name of the spec of `class` in the CDI dir, `<vendor>-<class>.json` (the CDI library's
+/// own naming, which NVIDIA uses too): one file per kind, as the format requires.
+pub fn spec_file_name(class: &str) -> String {
+    format!("{VENDOR}-{class}.json")
 }
 
 /// Longest name part (after the `/`) of a Kubernetes annotation key.
@@ -85,6 +110,12 @@ mod tests {
     fn names_and_keys() {
         assert_eq!(device_name("GPU-1"), "k8s.gpu-agent.io/gpu=GPU-1");
         assert_eq!(device_name("0:1"), "k8s.gpu-agent.io/gpu=0:1");
+        assert_eq!(KIND, kind(GPU_CLASS));
+        assert_eq!(
+            qualified_name(IMEX_CLASS, "0"),
+            "k8s.gpu-agent.io/imex-channel=0"
+        );
+        assert_eq!(spec_file_name("gds"), "k8s.gpu-agent.io-gds.json");
         assert_eq!(
             annotation_key("cdi.k8s.io/", "nvidia.com/gpu"),
             "cdi.k8s.io/gpu-agent_nvidia.com_gpu"

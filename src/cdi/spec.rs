@@ -90,7 +90,8 @@ pub struct DeviceNode {
 }
 
 impl DeviceNode {
-    fn new(path: String, dev_root: &str) -> Self {
+    /// The node at container path `path`, found on the host under `dev_root` (`nvidiaDevRoot`).
+    pub fn new(path: String, dev_root: &str) -> Self {
         let host = device_nodes::host_path(dev_root, &path);
         Self {
             host_path: (host != path).then_some(host),

@@ -1,4 +1,5 @@
-//! Writes the CDI spec into the CDI dir whenever the snapshot's devices or settings change it.
+//! Writes the CDI specs into the CDI dir whenever the snapshot's devices or settings change them:
+//! the GPU spec, and one spec per node extra found (see [`super::extras`]).
 //!
 //! - Only while a CDI strategy is configured; the file is never removed, not on shutdown and not
 //!   when the config drops CDI: containers the kubelet restarts from its checkpoint resolve their
@@ -8,8 +9,10 @@
 //!   ignore), synced, then renamed over the spec, so a runtime never reads half a file.
 //! - Only when the bytes differ from what is on disk: health flaps do not rewrite it.
 //! - The driver's files are looked for once per driver version and driver settings, not on every
-//!   snapshot; a driver that is not there is reported once, with the root searched.
+//!   snapshot; a driver that is not there is reported once, with the root searched. So is a
+//!   feature (`gdsEnabled`, …) switched on without its device nodes on the node: it gets no spec.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,23 +21,26 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::driver::{self, Driver, Query};
-use super::{layout, spec};
+use super::{extras, layout, spec, spec_file_name};
+use crate::extras::{Feature, NodeExtras};
 use crate::snapshot::Snapshot;
 
-/// File name of our spec inside the CDI dir.
+/// File name of our GPU spec inside the CDI dir ([`super::spec_file_name`] of `gpu`).
 pub const FILE_NAME: &str = "k8s.gpu-agent.io-gpu.json";
 
 /// How long to wait before trying again after a failed write.
 pub const RETRY: Duration = Duration::from_secs(5);
 
-/// Keeps our spec file in step with the snapshots it is shown.
+/// Keeps our spec files in step with the snapshots it is shown.
 #[derive(Debug)]
 pub struct SpecWriter {
-    path: PathBuf,
-    /// Bytes last known to be on disk.
-    written: Option<Vec<u8>>,
+    dir: PathBuf,
+    /// Bytes last known to be on disk, per file name; a file not in here is read first.
+    written: BTreeMap<String, Option<Vec<u8>>>,
     /// The last driver discovery: what was looked for, and what was found.
     driver: Option<(Query, Option<Driver>)>,
+    /// The enabled features without devices, as last reported.
+    absent: Option<Vec<Feature>>,
 }
 
 /// What [`SpecWriter::sync`] did.
@@ -49,12 +55,13 @@ pub enum Outcome {
 }
 
 impl SpecWriter {
-    /// A writer for `<dir>/k8s.gpu-agent.io-gpu.json`.
+    /// A writer for `<dir>/k8s.gpu-agent.io-gpu.json` and the extras' files beside it.
     pub fn new(dir: &Path) -> Self {
         Self {
-            path: dir.join(FILE_NAME),
-            written: None,
+            dir: dir.to_path_buf(),
+            written: BTreeMap::new(),
             driver: None,
+            absent: None,
         }
     }
 
@@ -68,12 +75,13 @@ impl SpecWriter {
         self.driver.as_ref().and_then(|(_, d)| d.as_ref())
     }
 
-    /// The spec file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The GPU spec file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
     }
 
-    /// Bring the file in line with `snapshot`.
+    /// Bring the files in line with `snapshot`. Files of extras no longer found are left alone,
+    /// like the GPU spec when CDI is dropped: nothing names their devices any more.
     pub fn sync(&mut self, snapshot: &Snapshot) -> std::io::Result<Outcome> {
         let plugin = &snapshot.config.plugin;
         if !plugin.device_list_strategies.iter().any(|s| s.uses_cdi()) {
@@ -81,29 +89,68 @@ impl SpecWriter {
         }
         let query = Query::new(plugin, &snapshot.inventory);
         let driver = self.driver(query);
-        let bytes = spec::build(&snapshot.inventory, plugin, driver).to_bytes();
-        if self.written.is_none() {
-            // First look: a spec from an earlier run with the same content need not be touched.
-            self.written = std::fs::read(&self.path).ok();
+        let mut files = vec![(
+            FILE_NAME.to_string(),
+            spec::build(&snapshot.inventory, plugin, driver).to_bytes(),
+        )];
+        for (class, spec) in extras::specs(plugin, &snapshot.extras) {
+            files.push((spec_file_name(class), spec.to_bytes()));
         }
-        if self.written.as_deref() == Some(bytes.as_slice()) {
-            return Ok(Outcome::Unchanged);
+        self.report_absent(plugin, &snapshot.extras);
+        let mut outcome = Outcome::Unchanged;
+        for (name, bytes) in files {
+            if self.write(name, bytes)? {
+                outcome = Outcome::Written;
+            }
         }
-        write_atomically(&self.path, &bytes)?;
-        self.written = Some(bytes);
-        Ok(Outcome::Written)
+        Ok(outcome)
+    }
+
+    /// Write `bytes` to `<dir>/<name>` unless it already holds them. True when written.
+    fn write(&mut self, name: String, bytes: Vec<u8>) -> std::io::Result<bool> {
+        let path = self.dir.join(&name);
+        // First look: a spec from an earlier run with the same content need not be touched.
+        let on_disk = self
+            .written
+            .entry(name)
+            .or_insert_with(|| std::fs::read(&path).ok());
+        if on_disk.as_deref() == Some(bytes.as_slice()) {
+            return Ok(false);
+        }
+        write_atomically(&path, &bytes)?;
+        *on_disk = Some(bytes);
+        Ok(true)
+    }
+
+    /// Say once (per change) which enabled features have no device on the node, hence no spec.
+    fn report_absent(&mut self, plugin: &crate::config::PluginSettings, found: &NodeExtras) {
+        let absent = found.absent_features(plugin);
+        if self.absent.as_ref() == Some(&absent) {
+            return;
+        }
+        for feature in &absent {
+            tracing::warn!(
+                feature = feature.class(),
+                setting = feature.setting(),
+                dev_root = %found.dev_root,
+                "enabled, but none of its device nodes is on this node: containers get {}=enabled but no {} CDI device",
+                feature.env(),
+                super::qualified_name(feature.class(), extras::ALL),
+            );
+        }
+        self.absent = Some(absent);
     }
 
     /// [`Self::sync`] with logging. True unless the write failed.
     pub fn sync_logged(&mut self, snapshot: &Snapshot) -> bool {
         match self.sync(snapshot) {
             Ok(Outcome::Written) => {
-                tracing::info!(path = %self.path.display(), gpus = snapshot.inventory.gpus.len(), "CDI spec written");
+                tracing::info!(dir = %self.dir.display(), gpus = snapshot.inventory.gpus.len(), "CDI spec written");
                 true
             }
             Ok(_) => true,
             Err(error) => {
-                tracing::error!(path = %self.path.display(), %error, retry_in = ?RETRY, "cannot write the CDI spec; containers using CDI devices will fail to start until it is written");
+                tracing::error!(dir = %self.dir.display(), %error, retry_in = ?RETRY, "cannot write the CDI spec; containers using CDI devices will fail to start until it is written");
                 false
             }
         }
@@ -300,6 +347,84 @@ mod tests {
         let s = snapshot(&node("999.0.1"), s.config.as_ref().clone());
         assert_eq!(writer.sync(&s).unwrap(), Outcome::Written);
         assert!(mounted(&writer).is_empty());
+    }
+
+    #[test]
+    fn extras_found_get_their_own_files_and_absent_ones_none() {
+        use crate::extras::{FeatureFiles, NodeExtras};
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = SpecWriter::new(dir.path());
+        let mut config = config::parse("flags: {plugin: {deviceListStrategy: cdi-cri}}").unwrap();
+        config.plugin.gds_enabled = true;
+        config.plugin.mofed_enabled = true;
+        config.plugin.imex.channel_ids = vec![0];
+        let gds = FeatureFiles {
+            device_nodes: vec!["/dev/nvidia-fs0".into()],
+            mounts: Vec::new(),
+        };
+        let extras = |with_gds: bool| NodeExtras {
+            features: [
+                (
+                    Feature::Gds,
+                    if with_gds {
+                        gds.clone()
+                    } else {
+                        FeatureFiles::default()
+                    },
+                ),
+                (Feature::Mofed, FeatureFiles::default()),
+            ]
+            .into(),
+            imex_channels: vec![0],
+            ..NodeExtras::default()
+        };
+        let at = |with_gds: bool| {
+            let inventory = fixture::parse("gpus: [{model: NVIDIA H100 80GB HBM3}]")
+                .unwrap()
+                .inventory;
+            Snapshot::build_with(
+                Arc::new(inventory),
+                Arc::new(config.clone()),
+                Arc::default(),
+                Arc::new(extras(with_gds)),
+            )
+            .unwrap()
+        };
+        let names = || -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(writer.sync(&at(true)).unwrap(), Outcome::Written);
+        // MOFED is on but absent: no file.
+        assert_eq!(
+            names(),
+            [
+                "k8s.gpu-agent.io-gds.json",
+                "k8s.gpu-agent.io-gpu.json",
+                "k8s.gpu-agent.io-imex-channel.json"
+            ]
+        );
+        let read = |name: &str| -> spec::Spec {
+            serde_json::from_slice(&std::fs::read(dir.path().join(name)).unwrap()).unwrap()
+        };
+        let gds_spec = read("k8s.gpu-agent.io-gds.json");
+        assert_eq!(gds_spec.kind, "k8s.gpu-agent.io/gds");
+        assert_eq!(
+            gds_spec.device("all").unwrap().container_edits.device_nodes[0].path,
+            "/dev/nvidia-fs0"
+        );
+        assert!(read("k8s.gpu-agent.io-imex-channel.json")
+            .device("0")
+            .is_some());
+        assert_eq!(writer.sync(&at(true)).unwrap(), Outcome::Unchanged);
+        // GDS gone: its file stays (nothing names it any more), nothing is rewritten.
+        assert_eq!(writer.sync(&at(false)).unwrap(), Outcome::Unchanged);
+        assert_eq!(names().len(), 3);
+        assert_eq!(writer.absent, Some(vec![Feature::Gds, Feature::Mofed]));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::cli::InventoryArgs;
 use crate::config::{self, Config, LoadError};
+use crate::extras::discover::Probe;
 use crate::gpu::{self, BackendError, GpuBackend, Inventory};
 use crate::health::{HealthEnv, HealthTracker};
 use crate::resources::BuildError;
@@ -96,8 +97,8 @@ pub fn open_backend(args: &InventoryArgs, config: &Config) -> Result<Arc<dyn Gpu
     }
 }
 
-/// Turn resource-building errors into a fatal error: MIG problems exit 1 (the hardware layout is
-/// wrong), config rules that fail on this node exit 2.
+/// Turn resource-building errors into a fatal error: MIG problems and missing required devices
+/// exit 1 (the node is not as the config needs it), config rules that fail on this node exit 2.
 pub fn build_failure(errors: Vec<BuildError>) -> Fatal {
     let text = errors
         .iter()
@@ -106,6 +107,8 @@ pub fn build_failure(errors: Vec<BuildError>) -> Fatal {
         .join("\n");
     if errors.iter().all(|e| matches!(e, BuildError::Mig(_))) {
         Fatal::Other(format!("cannot advertise MIG devices:\n{text}"))
+    } else if errors.iter().all(BuildError::is_node_problem) {
+        Fatal::Other(format!("this node lacks what the config requires:\n{text}"))
     } else {
         Fatal::Invalid(format!("invalid config for this node:\n{text}"))
     }
@@ -132,10 +135,12 @@ pub fn load_node(args: &InventoryArgs) -> Result<NodeView, Fatal> {
     let tracker =
         HealthTracker::new(health_env.policy(&config.health)).with_lost(backend.lost_gpus());
     let node = node_name(args.node_name.as_deref(), &inventory);
-    let snapshot = Snapshot::build(
+    let extras = Probe::host().discover(&config.plugin);
+    let snapshot = Snapshot::build_with(
         Arc::new(inventory),
         Arc::new(config),
         Arc::new(tracker.state()),
+        Arc::new(extras),
     )
     .map_err(build_failure)?;
     snapshot.log_warnings();

@@ -210,7 +210,7 @@ fn emit(view: &View<'_>, sink: &mut impl Sink) {
             .snapshot
             .resources
             .get(&held.resource)
-            .and_then(|r| r.device(&held.device_id))
+            .and_then(|r| r.device_or_legacy(&held.device_id))
         else {
             continue;
         };
@@ -623,13 +623,16 @@ gpus:
                 held("a", format!("{gpu0}::0")),
                 held("b", format!("{gpu0}::1")),
                 held("c", "GPU-not-ours::0".into()),
+                // Allocated by an agent that advertised index IDs, before an upgrade.
+                held("d", "0::1".into()),
+                held("e", "9::0".into()),
             ],
             up: true,
         };
         let rest = (BTreeMap::new(), BTreeMap::new());
         let fams = build(&view(&f, &rest.0, &pods, &rest.1));
         let got = series(&fams, "gpu_container_allocation");
-        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got.len(), 3, "{got:?}");
         for (labels, value) in &got {
             assert_eq!(labels["uuid"], gpu0);
             assert_eq!(labels["resource"], "nvidia.com/gpu");
@@ -637,6 +640,8 @@ gpus:
         }
         assert_eq!(got[1].0["pod"], "b");
         assert_eq!(got[1].0["device_id"], format!("{gpu0}::1"));
+        assert_eq!(got[2].0["pod"], "d");
+        assert_eq!(got[2].0["device_id"], "0::1");
         assert_eq!(series(&fams, "gpu_agent_pod_resources_up")[0].1, 1.0);
     }
 

@@ -233,6 +233,7 @@ impl DevicePlugin for PluginService {
                 resource,
                 &container.devices_ids,
                 &snapshot.config.plugin,
+                &snapshot.extras,
             ) {
                 Ok(response) => {
                     self.status.allocation(&self.resource, true);

@@ -255,16 +255,18 @@ fn unknown_duplicate_and_empty_input_never_fails() {
 }
 
 #[test]
-fn index_ids_work_like_uuids() {
+fn index_strategy_answers_in_uuids() {
     let inv = two_islands();
     let set = build(
         &inv,
         "flags: {plugin: {deviceIDStrategy: index}}",
         &HealthState::default(),
     );
+    // Advertised IDs stay UUIDs under the index strategy; the answer is the same as with uuid.
     let all = all_ids(&set, GPU);
-    let got = ask(&set, GPU, &inv, SPREAD, &all, &["7".to_string()], 2);
-    assert_eq!(got, ["7", "1"]);
+    assert_eq!(all[7], uuid(7));
+    let got = ask(&set, GPU, &inv, SPREAD, &all, &[uuid(7)], 2);
+    assert_eq!(got, [uuid(7), uuid(1)]);
 }
 
 #[test]
@@ -465,7 +467,13 @@ fn vgpu_slices_come_from_one_gpu() {
     // The answer is one Allocate accepts.
     let got = ask(&set, SLICES, &inv, SPREAD, &all, &[], 3);
     let plugin = config::PluginSettings::default();
-    assert!(crate::allocate::container_response(set.get(SLICES).unwrap(), &got, &plugin).is_ok());
+    assert!(crate::allocate::container_response(
+        set.get(SLICES).unwrap(),
+        &got,
+        &plugin,
+        &Default::default()
+    )
+    .is_ok());
     assert_eq!(config::parse(VGPU_PACKED).unwrap().shared_placement, PACKED);
 }
 

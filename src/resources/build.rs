@@ -24,6 +24,17 @@ pub enum BuildError {
     /// A config rule that only fails on this node (a count overlapping a list, a missing device).
     #[error("{path}: {message}")]
     Config { path: String, message: String },
+    /// A device the config requires is not on this node (`imex.required`).
+    #[error("IMEX: {0}")]
+    Imex(#[from] crate::extras::MissingImexChannel),
+}
+
+impl BuildError {
+    /// True when the node, not the config, is at fault (MIG layout, a missing required device):
+    /// `run` exits 1 for these, 2 for config rules.
+    pub fn is_node_problem(&self) -> bool {
+        matches!(self, BuildError::Mig(_) | BuildError::Imex(_))
+    }
 }
 
 /// The resources, plus problems that were tolerated (`failOnInitError: false`).
@@ -42,12 +53,21 @@ struct Unit<'a> {
 }
 
 impl Unit<'_> {
-    fn id(&self, strategy: DeviceIdStrategy) -> String {
-        match (self.mig, strategy) {
-            (Some(m), DeviceIdStrategy::Uuid) => m.uuid.clone(),
-            (Some(m), DeviceIdStrategy::Index) => ids::mig_index(self.gpu.index, m.index),
-            (None, DeviceIdStrategy::Uuid) => self.gpu.uuid.clone(),
-            (None, DeviceIdStrategy::Index) => self.gpu.index.to_string(),
+    /// The ID the kubelet sees (before any replica / slice suffix): always the GPU or MIG UUID,
+    /// whatever `deviceIDStrategy` says, as in NVIDIA's plugin. An index is no stable identity:
+    /// it moves when a GPU is lost or the driver renumbers, and the kubelet's checkpoint would
+    /// then bind a running pod to a different GPU.
+    fn id(&self) -> String {
+        self.mig
+            .map_or_else(|| self.gpu.uuid.clone(), |m| m.uuid.clone())
+    }
+
+    /// The name the container is handed (`NVIDIA_VISIBLE_DEVICES`, volume-mount paths, CDI
+    /// device names): the UUID, or under `deviceIDStrategy: index` `<gpu>` / `<gpu>:<mig>`.
+    fn visible_id(&self, strategy: DeviceIdStrategy) -> String {
+        match strategy {
+            DeviceIdStrategy::Uuid => self.id(),
+            DeviceIdStrategy::Index => ids::index_name(self.gpu.index, self.mig.map(|m| m.index)),
         }
     }
 
@@ -200,15 +220,12 @@ pub fn build(
             .iter()
             .zip(claim)
             .filter(|(_, c)| c.is_none())
-            .map(|(unit, _)| {
-                let id = unit.id(id_strategy);
-                Device {
-                    visible_id: id.clone(),
-                    id,
-                    health: unit.health(health),
-                    numa_node: unit.gpu.numa_node,
-                    target: unit.target(None, None),
-                }
+            .map(|(unit, _)| Device {
+                id: unit.id(),
+                visible_id: unit.visible_id(id_strategy),
+                health: unit.health(health),
+                numa_node: unit.gpu.numa_node,
+                target: unit.target(None, None),
             })
             .collect();
         let strategy = if list.iter().any(|u| u.mig.is_some()) {
@@ -229,7 +246,8 @@ pub fn build(
         let mut devices = Vec::new();
         for &u in selected {
             let unit = list[u];
-            let base = unit.id(id_strategy);
+            let base = unit.id();
+            let visible = unit.visible_id(id_strategy);
             match rule.kind {
                 RuleKind::TimeSliced { replicas } => {
                     for n in 0..replicas {
@@ -238,7 +256,7 @@ pub fn build(
                             health: unit.health(health),
                             numa_node: unit.gpu.numa_node,
                             target: unit.target(Some(n), None),
-                            visible_id: base.clone(),
+                            visible_id: visible.clone(),
                         });
                     }
                 }
@@ -270,7 +288,7 @@ pub fn build(
                                     compute_percent,
                                 }),
                             ),
-                            visible_id: base.clone(),
+                            visible_id: visible.clone(),
                         });
                     }
                 }

@@ -1,9 +1,14 @@
-//! Device IDs as the kubelet sees them. The one place they are built and parsed.
+//! Device IDs as the kubelet sees them, and the names handed to containers. The one place they
+//! are built and parsed.
 //!
-//! - whole GPU: its UUID, or its index with `deviceIDStrategy: index`;
-//! - MIG device: its UUID, or `<gpu index>:<mig index>`;
-//! - time-sliced replica: `<id>::<n>` (n 0-based);
-//! - vGPU slice: `<id>::vgpu<n>`.
+//! Advertised IDs are UUID-based whatever `deviceIDStrategy` says (NVIDIA's contract):
+//! - whole GPU: its UUID;
+//! - MIG device: its UUID;
+//! - time-sliced replica: `<uuid>::<n>` (n 0-based);
+//! - vGPU slice: `<uuid>::vgpu<n>`.
+//!
+//! `deviceIDStrategy: index` only changes the name the container gets for the underlying device
+//! (`Device::visible_id`): `<gpu index>`, or [`mig_index`] for a MIG device.
 
 /// Separator between an underlying ID and a replica / slice number.
 pub const SEPARATOR: &str = "::";
@@ -18,9 +23,14 @@ pub fn vgpu_slice(base: &str, n: u32) -> String {
     format!("{base}{SEPARATOR}vgpu{n}")
 }
 
-/// ID of a MIG device under the index strategy.
+/// Name of a MIG device handed to containers under the index strategy: `<gpu>:<mig>`.
 pub fn mig_index(gpu_index: u32, mig_index: u32) -> String {
     format!("{gpu_index}:{mig_index}")
+}
+
+/// Name of a GPU (`<gpu>`) or of its MIG device `mig` (`<gpu>:<mig>`) under the index strategy.
+pub fn index_name(gpu_index: u32, mig: Option<u32>) -> String {
+    mig.map_or_else(|| gpu_index.to_string(), |m| mig_index(gpu_index, m))
 }
 
 /// The underlying device ID of an advertised ID (strips `::<n>` / `::vgpu<n>`).
@@ -37,6 +47,8 @@ mod tests {
         assert_eq!(replica("GPU-1", 3), "GPU-1::3");
         assert_eq!(vgpu_slice("GPU-1", 0), "GPU-1::vgpu0");
         assert_eq!(mig_index(2, 1), "2:1");
+        assert_eq!(index_name(2, Some(1)), "2:1");
+        assert_eq!(index_name(3, None), "3");
         assert_eq!(base("GPU-1::3"), "GPU-1");
         assert_eq!(base("GPU-1::vgpu7"), "GPU-1");
         assert_eq!(base("MIG-9"), "MIG-9");

@@ -73,7 +73,7 @@ impl Health {
 pub struct MigTarget {
     pub uuid: String,
     pub profile: String,
-    /// Position under the parent GPU (for `index` device IDs).
+    /// Position under the parent GPU (for `<gpu>:<mig>` names under `deviceIDStrategy: index`).
     pub index: u32,
     pub gpu_instance_id: u32,
     pub compute_instance_id: u32,
@@ -119,14 +119,16 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Device {
-    /// Device ID as the kubelet sees it (see [`ids`]).
+    /// Device ID as the kubelet sees it (see [`ids`]): UUID-based under every
+    /// `deviceIDStrategy`.
     pub id: String,
     pub health: Health,
     /// NUMA node of the GPU, for the kubelet's topology manager.
     pub numa_node: Option<u32>,
     pub target: Target,
-    /// The ID of the underlying GPU / MIG device under the configured ID strategy: what goes
-    /// into `NVIDIA_VISIBLE_DEVICES` and CDI device names.
+    /// The name of the underlying GPU / MIG device under the configured `deviceIDStrategy`
+    /// (UUID, or index / `<gpu>:<mig>`): what goes into `NVIDIA_VISIBLE_DEVICES`, volume-mount
+    /// paths and CDI device names. Replicas and slices of one device share it.
     pub visible_id: String,
 }
 
@@ -169,6 +171,23 @@ impl Resource {
     /// The device with this ID.
     pub fn device(&self, id: &str) -> Option<&Device> {
         self.by_id.get(id).map(|&i| &self.devices[i])
+    }
+
+    /// The device with this ID or, failing that, the one an agent before UUID-only IDs advertised
+    /// under this ID with `deviceIDStrategy: index` (`<gpu>`, `<gpu>:<mig>`, plus `::<n>` /
+    /// `::vgpu<n>`). The kubelet keeps the IDs it allocated in its checkpoint and reports them
+    /// through pod-resources until the pod ends, so metrics attribution still places pods started
+    /// before an upgrade. Allocate never accepts these: it uses [`Self::device`].
+    pub fn device_or_legacy(&self, id: &str) -> Option<&Device> {
+        self.device(id).or_else(|| {
+            let base = ids::base(id);
+            let suffix = &id[base.len()..];
+            self.devices.iter().find(|d| {
+                let t = &d.target;
+                ids::index_name(t.gpu_index, t.mig.as_ref().map(|m| m.index)) == base
+                    && d.id[ids::base(&d.id).len()..] == *suffix
+            })
+        })
     }
 
     /// Number of devices per health state.

@@ -45,11 +45,81 @@ fn whole_gpus_by_uuid_or_index() {
     assert_eq!(gpu.devices[5].numa_node, Some(1));
     assert_eq!(gpu.devices[5].visible_id, uuids[5]);
 
+    // Index: the kubelet still sees UUIDs; only the name handed to the container changes.
     let set = ok(&inv, "flags: {plugin: {deviceIDStrategy: index}}");
+    assert_eq!(ids(&set, "nvidia.com/gpu"), uuids);
     assert_eq!(
-        ids(&set, "nvidia.com/gpu"),
+        visible_ids(&set, "nvidia.com/gpu"),
         ["0", "1", "2", "3", "4", "5", "6", "7"]
     );
+}
+
+fn visible_ids(set: &ResourceSet, name: &str) -> Vec<String> {
+    set.get(name)
+        .unwrap()
+        .devices
+        .iter()
+        .map(|d| d.visible_id.clone())
+        .collect()
+}
+
+#[test]
+fn index_strategy_keeps_uuid_ids_for_replicas_and_slices() {
+    let inv = inventory(FOUR_H100);
+    let set = ok(
+        &inv,
+        "flags: {migStrategy: mixed, plugin: {deviceIDStrategy: index}}\nsharing:\n  timeSlicing: {resources: [{name: nvidia.com/mig-1g.10gb, replicas: 2}]}\n  vgpu: {resources: [{name: nvidia.com/gpu, memoryMiB: 40000, devices: [1]}]}",
+    );
+    let mig = &inv.gpus[2].mig_devices[2];
+    let replicas = set.get("nvidia.com/mig-1g.10gb").unwrap();
+    assert_eq!(replicas.devices[1].id, format!("{}::1", mig.uuid));
+    assert_eq!(replicas.devices[1].visible_id, "2:2");
+    let slices = set.get("nvidia.com/gpu.vgpu").unwrap();
+    assert_eq!(
+        slices
+            .devices
+            .iter()
+            .map(|d| d.id.clone())
+            .collect::<Vec<_>>(),
+        [
+            format!("{}::vgpu0", inv.gpus[1].uuid),
+            format!("{}::vgpu1", inv.gpus[1].uuid)
+        ]
+    );
+    assert!(slices.devices.iter().all(|d| d.visible_id == "1"));
+    // Every advertised ID is found by its UUID-based name, none by an index.
+    assert!(slices
+        .device(&format!("{}::vgpu1", inv.gpus[1].uuid))
+        .is_some());
+    assert!(slices.device("1::vgpu1").is_none());
+    assert!(set.get("nvidia.com/gpu").unwrap().device("0").is_none());
+
+    // Index IDs an earlier agent advertised still place pods for attribution.
+    let legacy = |resource: &str, id: &str| {
+        set.get(resource)
+            .unwrap()
+            .device_or_legacy(id)
+            .map(|d| d.id.clone())
+    };
+    assert_eq!(
+        legacy("nvidia.com/mig-1g.10gb", "2:2::1"),
+        Some(format!("{}::1", mig.uuid))
+    );
+    assert_eq!(
+        legacy("nvidia.com/gpu.vgpu", "1::vgpu1"),
+        Some(format!("{}::vgpu1", inv.gpus[1].uuid))
+    );
+    assert_eq!(
+        legacy("nvidia.com/gpu", "0"),
+        Some(inv.gpus[0].uuid.clone())
+    );
+    assert_eq!(
+        legacy("nvidia.com/gpu", &inv.gpus[0].uuid),
+        Some(inv.gpus[0].uuid.clone())
+    );
+    assert_eq!(legacy("nvidia.com/mig-1g.10gb", "2:2::7"), None);
+    assert_eq!(legacy("nvidia.com/mig-1g.10gb", "2:2"), None);
+    assert_eq!(legacy("nvidia.com/gpu", "1"), None);
 }
 
 #[test]
@@ -91,7 +161,12 @@ fn mig_mixed_one_resource_per_profile() {
         &inv,
         "flags: {migStrategy: mixed, plugin: {deviceIDStrategy: index}}",
     );
-    assert_eq!(ids(&set, "nvidia.com/mig-1g.10gb"), ["2:2", "2:3", "3:1"]);
+    let small = set.get("nvidia.com/mig-1g.10gb").unwrap();
+    assert!(small.devices.iter().all(|d| d.id.starts_with("MIG-")));
+    assert_eq!(
+        visible_ids(&set, "nvidia.com/mig-1g.10gb"),
+        ["2:2", "2:3", "3:1"]
+    );
 }
 
 #[test]
