@@ -6,9 +6,8 @@
 //! `dev` directory is where the agent reads device nodes (NVIDIA's dev-root rule), and a symlink
 //! to `/dev/null` is a character device to `stat`.
 //!
-//! The config keys `flags.gdsEnabled`, `flags.mofedEnabled`, `flags.gdrcopyEnabled` and
-//! `imex.channelIDs` / `imex.required` are read by the config loader; the tests that need them
-//! are ignored until that wiring lands.
+//! The features are switched on through NVIDIA's config keys `flags.gdsEnabled`,
+//! `flags.mofedEnabled`, `flags.gdrcopyEnabled` and `imex.channelIDs` / `imex.required`.
 
 mod common;
 
@@ -120,7 +119,7 @@ async fn index_strategy_advertises_uuids_and_hands_the_container_indices() {
 }
 
 #[tokio::test]
-#[ignore = "needs the config wiring from main"]
+
 async fn gds_mofed_and_gdrcopy_set_their_env_and_cdi_devices() {
     let dir = tempfile::tempdir().unwrap();
     let root = node_root(
@@ -184,7 +183,7 @@ async fn gds_mofed_and_gdrcopy_set_their_env_and_cdi_devices() {
 }
 
 #[tokio::test]
-#[ignore = "needs the config wiring from main"]
+
 async fn a_feature_without_devices_sets_its_env_but_names_no_cdi_device() {
     let dir = tempfile::tempdir().unwrap();
     let root = node_root(dir.path(), &[], &["/etc/cufile.json"]);
@@ -213,7 +212,7 @@ async fn a_feature_without_devices_sets_its_env_but_names_no_cdi_device() {
 }
 
 #[tokio::test]
-#[ignore = "needs the config wiring from main"]
+
 async fn an_imex_channel_is_handed_to_every_container() {
     let dir = tempfile::tempdir().unwrap();
     let root = node_root(
@@ -266,7 +265,7 @@ async fn an_imex_channel_is_handed_to_every_container() {
 }
 
 #[test]
-#[ignore = "needs the config wiring from main"]
+
 fn a_missing_required_imex_channel_stops_the_agent_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let root = node_root(dir.path(), &[], &[]);

@@ -64,7 +64,9 @@ impl DeviceListStrategy {
     }
 }
 
-/// How devices are named in `NVIDIA_VISIBLE_DEVICES` and advertised IDs (`deviceIDStrategy`).
+/// How devices are named to the container: `NVIDIA_VISIBLE_DEVICES`, volume-mount names, CDI
+/// device names (`deviceIDStrategy`). The IDs advertised to the kubelet are UUID-based either
+/// way, as in NVIDIA's plugin, so that its checkpoint survives a change of strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceIdStrategy {
