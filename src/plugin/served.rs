@@ -20,7 +20,7 @@ pub const SOCKET_POLL: Duration = Duration::from_millis(100);
 
 /// How long a stopping server may take to end its streams and close its connections before it
 /// is aborted.
-const STOP_GRACE: Duration = Duration::from_secs(1);
+const STOP_GRACE: Duration = Duration::from_millis(250);
 
 /// (device, inode) of the socket we bound. The kubelet deletes it when it starts; someone else
 /// may replace it. Either way the path then names another file, or none.
