@@ -119,7 +119,6 @@ async fn index_strategy_advertises_uuids_and_hands_the_container_indices() {
 }
 
 #[tokio::test]
-
 async fn gds_mofed_and_gdrcopy_set_their_env_and_cdi_devices() {
     let dir = tempfile::tempdir().unwrap();
     let root = node_root(
@@ -183,7 +182,6 @@ async fn gds_mofed_and_gdrcopy_set_their_env_and_cdi_devices() {
 }
 
 #[tokio::test]
-
 async fn a_feature_without_devices_sets_its_env_but_names_no_cdi_device() {
     let dir = tempfile::tempdir().unwrap();
     let root = node_root(dir.path(), &[], &["/etc/cufile.json"]);
@@ -212,7 +210,6 @@ async fn a_feature_without_devices_sets_its_env_but_names_no_cdi_device() {
 }
 
 #[tokio::test]
-
 async fn an_imex_channel_is_handed_to_every_container() {
     let dir = tempfile::tempdir().unwrap();
     let root = node_root(

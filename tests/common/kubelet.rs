@@ -530,6 +530,8 @@ pub struct TestKubelet {
     registrations: mpsc::UnboundedReceiver<(u64, RegisterRequest)>,
     process: Option<Process>,
     wipe: Wipe,
+    /// `kubelet.sock`, unless the test moves it (`KUBELET_SOCKET`).
+    socket_name: String,
 }
 
 impl TestKubelet {
@@ -560,6 +562,7 @@ impl TestKubelet {
             registrations,
             process: None,
             wipe: Wipe::AllFiles,
+            socket_name: "kubelet.sock".into(),
         }
     }
 
@@ -584,8 +587,15 @@ impl TestKubelet {
         &self.shared.dir
     }
 
+    /// Bind the registration socket under another name (a kubelet started with a non-default
+    /// `--device-plugin` socket, for agents told so through `KUBELET_SOCKET`).
+    pub fn with_socket_name(mut self, name: &str) -> Self {
+        self.socket_name = name.into();
+        self
+    }
+
     pub fn socket(&self) -> PathBuf {
-        self.dir().join("kubelet.sock")
+        self.dir().join(&self.socket_name)
     }
 
     /// A kubelet process starts (`server.go` `Start`): directory, wipe, a new `kubelet.sock`.

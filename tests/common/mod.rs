@@ -160,11 +160,17 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 
 /// Run `gpu-agent <args>` to completion: (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    run_cli_env(args, &[])
+}
+
+/// [`run_cli`] with `env` set.
+pub fn run_cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
         .args(args)
         .env_remove("CONFIG_FILE")
         .env_remove("NODE_NAME")
         .env_remove("GPU_AGENT_BACKEND")
+        .envs(env.iter().copied())
         .output()
         .expect("run gpu-agent");
     (
