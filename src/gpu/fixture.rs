@@ -261,6 +261,7 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
                 power_watts: Some(telemetry.power_watts.unwrap_or(IDLE_POWER_WATTS)),
                 sm_clock_mhz: telemetry.sm_clock_mhz,
                 memory_clock_mhz: telemetry.memory_clock_mhz,
+                ..DeviceTelemetry::default()
             },
         );
         if !entry.xids.is_empty() {

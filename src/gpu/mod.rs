@@ -10,12 +10,14 @@ pub mod ids;
 pub mod mig_profiles;
 pub mod mock;
 pub mod nvml;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 pub use backend::{open_backend, BackendError, BackendKind, GpuBackend};
+pub use telemetry::{DeviceTelemetry, Profiling, Telemetry};
 
 /// The GPUs of one node as a backend enumerated them.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
@@ -110,22 +112,6 @@ impl MigDevice {
         (gi, gi + 1 + self.compute_instance_id)
     }
 }
-
-/// Latest telemetry of one device (a GPU or a MIG device). `None` = not supported or not read.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceTelemetry {
-    pub utilization_percent: Option<f64>,
-    pub memory_used_mib: Option<u64>,
-    pub memory_total_mib: Option<u64>,
-    pub temperature_celsius: Option<f64>,
-    pub power_watts: Option<f64>,
-    pub sm_clock_mhz: Option<f64>,
-    pub memory_clock_mhz: Option<f64>,
-}
-
-/// Telemetry of every device, keyed by device UUID (GPU or MIG).
-pub type Telemetry = BTreeMap<String, DeviceTelemetry>;
 
 /// Something that happened to a device, as a backend observed it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -570,6 +570,7 @@ fn sample_device(device: &Device<'_>) -> (DeviceTelemetry, bool) {
             .map(|mw| f64::from(mw) / 1000.0),
         sm_clock_mhz: s.take(device.clock_info(Clock::SM)).map(f64::from),
         memory_clock_mhz: s.take(device.clock_info(Clock::Memory)).map(f64::from),
+        ..DeviceTelemetry::default()
     };
     (sample, s.lost)
 }
