@@ -85,6 +85,17 @@ fn named(path: String, name: &str, f: &mut Findings) -> Option<String> {
     resource_name(name).map_err(|e| f.error(path, e)).ok()
 }
 
+/// The `rename` and `devices` of an entry, each checked (errors at their paths).
+fn rename_and_devices(
+    path: &str,
+    rename: Option<&str>,
+    devices: Option<&Value>,
+    f: &mut Findings,
+) -> (Option<String>, Option<DeviceSelector>) {
+    let rename = rename.and_then(|n| named(format!("{path}.rename"), n, f));
+    (rename, selector(&format!("{path}.devices"), devices, f))
+}
+
 /// The source resources gpu-agent advertises, which a sharing entry may take devices from.
 fn advertised_source(name: &str) -> bool {
     name == names::GPU || name.starts_with("nvidia.com/mig-")
@@ -113,11 +124,7 @@ fn time_slicing_rule(
             ),
         );
     }
-    let rename = r
-        .rename
-        .as_deref()
-        .and_then(|n| named(format!("{path}.rename"), n, f));
-    let devices = selector(&format!("{path}.devices"), r.devices.as_ref(), f);
+    let (rename, devices) = rename_and_devices(path, r.rename.as_deref(), r.devices.as_ref(), f);
     if f.errors.len() != before {
         return None;
     }
@@ -228,11 +235,7 @@ fn vgpu_rule(path: &str, r: &file::VgpuResource, f: &mut Findings) -> Option<Vgp
             );
         }
     }
-    let rename = r
-        .rename
-        .as_deref()
-        .and_then(|n| named(format!("{path}.rename"), n, f));
-    let devices = selector(&format!("{path}.devices"), r.devices.as_ref(), f);
+    let (rename, devices) = rename_and_devices(path, r.rename.as_deref(), r.devices.as_ref(), f);
     if f.errors.len() != before {
         return None;
     }
