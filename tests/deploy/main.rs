@@ -20,7 +20,9 @@ use serde_yaml_ng::Value;
 
 use agent::{agent_container, gpu_resources, start_like_the_daemonset, AgentInputs};
 use common::{arg, kubectl, run_cli};
-use render::{render_overlay, render_with_servicemonitor, validator, Rendered};
+use render::{
+    render_overlay, render_with_components, render_with_servicemonitor, validator, Rendered,
+};
 use yaml::{assert_selects, env_values, get, named, quantity, seq_at, str_at, strings};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -36,6 +38,9 @@ const OVERLAYS: &[&str] = &[
 ];
 const MIG_MIXED: &str = "overlays/mig-mixed";
 const MOCK: &str = "overlays/mock";
+
+/// The job GpuAgentDown (components/alerts) watches: `up{job="gpu-agent"}`.
+const JOB: &str = "gpu-agent";
 
 /// Host directories the agent needs, and whether it only reads them.
 const HOST_MOUNTS: &[(&str, bool)] = &[
@@ -70,7 +75,11 @@ fn every_kustomization_renders_and_passes_the_kubernetes_schemas() {
         .chain(&["examples"])
         .map(|overlay| render_overlay(&kubectl, overlay))
         .collect();
-    all.push(render_with_servicemonitor(&kubectl));
+    all.push(render_with_components(
+        &kubectl,
+        &["base"],
+        &["components/servicemonitor", "components/alerts"],
+    ));
     for r in &all {
         for object in &r.objects {
             assert!(
@@ -327,21 +336,7 @@ fn metrics_are_scrapable_through_a_headless_service_and_a_servicemonitor() {
         "DaemonSet → its pods",
     );
 
-    let monitor = r.one("ServiceMonitor");
-    assert_eq!(str_at(monitor, "apiVersion"), "monitoring.coreos.com/v1");
-    assert_eq!(
-        str_at(monitor, "metadata.namespace"),
-        str_at(service, "metadata.namespace")
-    );
-    let service_labels = get(service, "metadata.labels");
-    assert_selects(
-        get(monitor, "spec.selector.matchLabels"),
-        service_labels,
-        "ServiceMonitor → Service",
-    );
-    let endpoint = &seq_at(monitor, "spec.endpoints")[0];
-    assert_eq!(str_at(endpoint, "port"), "metrics");
-    assert_eq!(str_at(endpoint, "path"), "/metrics");
+    let endpoint = assert_scrapes_the_agent(&r);
     assert_eq!(
         get(endpoint, "honorLabels").as_bool(),
         Some(true),
@@ -352,6 +347,47 @@ fn metrics_are_scrapable_through_a_headless_service_and_a_servicemonitor() {
     assert!(render_overlay(&kubectl, "base")
         .of_kind("ServiceMonitor")
         .is_empty());
+}
+
+/// The rendered ServiceMonitor scrapes the agent's Service on its metrics port, under the job
+/// the alerts expect, with the node as a label: its one endpoint.
+fn assert_scrapes_the_agent(r: &Rendered) -> &Value {
+    let name = &r.name;
+    let service = r.one("Service");
+    let monitor = r.one("ServiceMonitor");
+    assert_eq!(str_at(monitor, "apiVersion"), "monitoring.coreos.com/v1");
+    assert_eq!(
+        str_at(monitor, "metadata.namespace"),
+        str_at(service, "metadata.namespace"),
+        "{name}"
+    );
+    let service_labels = get(service, "metadata.labels");
+    assert_selects(
+        get(monitor, "spec.selector.matchLabels"),
+        service_labels,
+        &format!("{name}: ServiceMonitor → Service"),
+    );
+    // The Prometheus Operator names the job after the Service label jobLabel names (without
+    // one, after the Service: gpu-agent-metrics).
+    let job_label = str_at(monitor, "spec.jobLabel");
+    assert_eq!(
+        service_labels.get(job_label).and_then(Value::as_str),
+        Some(JOB),
+        "{name}: the job is {JOB}, which GpuAgentDown watches"
+    );
+    let endpoints = seq_at(monitor, "spec.endpoints");
+    assert_eq!(endpoints.len(), 1, "{name}");
+    let endpoint = &endpoints[0];
+    assert_eq!(str_at(endpoint, "port"), "metrics", "{name}");
+    assert_eq!(str_at(endpoint, "path"), "/metrics", "{name}");
+    assert!(
+        seq_at(endpoint, "relabelings").iter().any(|r| {
+            strings(get(r, "sourceLabels")) == ["__meta_kubernetes_pod_node_name"]
+                && str_at(r, "targetLabel") == "node"
+        }),
+        "{name}: the node label on every series"
+    );
+    endpoint
 }
 
 fn names(list: &[&str]) -> BTreeSet<String> {
