@@ -324,6 +324,8 @@ fn gpu_agent_down_watches_the_job_the_servicemonitors_set() {
     let (_, objects) =
         kustomize_with_components(&kubectl, &["base"], &["components/servicemonitor"]);
     assert_job_is_watched("components/servicemonitor", &objects);
+    let dcgm = Path::new(env!("CARGO_MANIFEST_DIR")).join("daemonset/overlays/dcgm");
+    assert_job_is_watched("overlays/dcgm", &kustomize(&kubectl, &dcgm).1);
 }
 
 #[test]

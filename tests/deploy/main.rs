@@ -35,9 +35,11 @@ const OVERLAYS: &[&str] = &[
     "overlays/mig-mixed",
     "overlays/vgpu",
     "overlays/mock",
+    "overlays/dcgm",
 ];
 const MIG_MIXED: &str = "overlays/mig-mixed";
 const MOCK: &str = "overlays/mock";
+const DCGM: &str = "overlays/dcgm";
 
 /// The job GpuAgentDown (components/alerts) watches: `up{job="gpu-agent"}`.
 const JOB: &str = "gpu-agent";
@@ -79,6 +81,11 @@ fn every_kustomization_renders_and_passes_the_kubernetes_schemas() {
         &kubectl,
         &["base"],
         &["components/servicemonitor", "components/alerts"],
+    ));
+    all.push(render_with_components(
+        &kubectl,
+        &[DCGM],
+        &["components/alerts"],
     ));
     for r in &all {
         for object in &r.objects {
@@ -206,6 +213,16 @@ fn the_agent_is_wired_to_the_kubelet_and_the_node() {
         let args = strings(get(c, "args"));
         assert_eq!(args.first().map(String::as_str), Some("run"), "{overlay}");
         let env = env_values(c);
+        // dcgm-exporter's metric names in the dcgm overlay only; the default elsewhere.
+        assert_eq!(
+            env.get("GPU_AGENT_METRICS_NAMES").map(String::as_str),
+            (overlay == DCGM).then_some("dcgm"),
+            "{overlay}: GPU_AGENT_METRICS_NAMES"
+        );
+        assert!(
+            !args.iter().any(|a| a.starts_with("--metrics-names")),
+            "{overlay}: metric names by env"
+        );
         assert!(
             !args.iter().any(|a| a.starts_with("--metrics-addr"))
                 && !env.contains_key("GPU_AGENT_METRICS_ADDR"),
@@ -390,6 +407,47 @@ fn assert_scrapes_the_agent(r: &Rendered) -> &Value {
     endpoint
 }
 
+#[test]
+fn the_dcgm_overlay_is_scraped_as_dcgm_exporter_is() {
+    let Some(kubectl) = kubectl() else { return };
+    let r = render_overlay(&kubectl, DCGM);
+    let endpoint = assert_scrapes_the_agent(&r);
+    // dcgm-exporter's helm chart: every 15s, 10s timeout, honorLabels false. The last is what
+    // turns the workload's namespace/pod/container into exported_namespace/exported_pod/
+    // exported_container, which dashboards and alerts written for dcgm-exporter query.
+    assert_eq!(str_at(endpoint, "interval"), "15s");
+    assert_eq!(str_at(endpoint, "scrapeTimeout"), "10s");
+    assert_eq!(
+        get(endpoint, "honorLabels").as_bool(),
+        Some(false),
+        "exported_pod queries need honorLabels false"
+    );
+    let monitor = r.one("ServiceMonitor");
+    assert_eq!(
+        strings(get(monitor, "spec.namespaceSelector.matchNames")),
+        ["gpu-agent"]
+    );
+    // Scraped once, by the ServiceMonitor: not also through the Service annotations.
+    let service = r.one("Service");
+    assert_eq!(
+        get(service, "metadata.annotations")
+            .get("prometheus.io/scrape")
+            .and_then(Value::as_str),
+        Some("false")
+    );
+    // The same port as dcgm-exporter, 9400.
+    let c = agent_container(r.one("DaemonSet"));
+    let port = named(seq_at(c, "ports"), "metrics").expect("a port named metrics");
+    assert_eq!(get(port, "containerPort").as_u64(), Some(9400));
+    // One ServiceMonitor name for both: the dcgm overlay and components/servicemonitor cannot
+    // both end up in one kustomization.
+    let component = render_with_servicemonitor(&kubectl);
+    assert_eq!(
+        str_at(monitor, "metadata.name"),
+        str_at(component.one("ServiceMonitor"), "metadata.name")
+    );
+}
+
 fn names(list: &[&str]) -> BTreeSet<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -435,6 +493,7 @@ fn configmaps_hold_configs_and_fixtures_the_agent_accepts() {
         names(&["nvidia.com/gpu.shared"])
     );
     assert_eq!(advertises("overlays/vgpu"), names(&["nvidia.com/gpu.vgpu"]));
+    assert_eq!(advertises(DCGM), names(&["nvidia.com/gpu"]));
     assert_eq!(
         advertises(MIG_MIXED),
         names(&[&["nvidia.com/gpu"][..], &mig].concat())
