@@ -87,6 +87,12 @@ fn every_kustomization_renders_and_passes_the_kubernetes_schemas() {
         &[DCGM],
         &["components/alerts"],
     ));
+    // dcgm names on a sharing overlay.
+    all.push(render_with_components(
+        &kubectl,
+        &["overlays/time-slicing"],
+        &["components/dcgm", "components/alerts"],
+    ));
     for r in &all {
         for object in &r.objects {
             assert!(
@@ -410,42 +416,59 @@ fn assert_scrapes_the_agent(r: &Rendered) -> &Value {
 #[test]
 fn the_dcgm_overlay_is_scraped_as_dcgm_exporter_is() {
     let Some(kubectl) = kubectl() else { return };
-    let r = render_overlay(&kubectl, DCGM);
-    let endpoint = assert_scrapes_the_agent(&r);
-    // dcgm-exporter's helm chart: every 15s, 10s timeout, honorLabels false. The last is what
-    // turns the workload's namespace/pod/container into exported_namespace/exported_pod/
-    // exported_container, which dashboards and alerts written for dcgm-exporter query.
-    assert_eq!(str_at(endpoint, "interval"), "15s");
-    assert_eq!(str_at(endpoint, "scrapeTimeout"), "10s");
+    let overlay = render_overlay(&kubectl, DCGM);
+    // The component does the same on a sharing overlay, which keeps its config.
+    let shared = render_with_components(&kubectl, &["overlays/time-slicing"], &["components/dcgm"]);
+    let shared_env = env_values(agent_container(shared.one("DaemonSet")));
     assert_eq!(
-        get(endpoint, "honorLabels").as_bool(),
-        Some(false),
-        "exported_pod queries need honorLabels false"
+        shared_env
+            .get("GPU_AGENT_METRICS_NAMES")
+            .map(String::as_str),
+        Some("dcgm")
     );
-    let monitor = r.one("ServiceMonitor");
-    assert_eq!(
-        strings(get(monitor, "spec.namespaceSelector.matchNames")),
-        ["gpu-agent"]
-    );
-    // Scraped once, by the ServiceMonitor: not also through the Service annotations.
-    let service = r.one("Service");
-    assert_eq!(
-        get(service, "metadata.annotations")
-            .get("prometheus.io/scrape")
-            .and_then(Value::as_str),
-        Some("false")
-    );
-    // The same port as dcgm-exporter, 9400.
-    let c = agent_container(r.one("DaemonSet"));
-    let port = named(seq_at(c, "ports"), "metrics").expect("a port named metrics");
-    assert_eq!(get(port, "containerPort").as_u64(), Some(9400));
-    // One ServiceMonitor name for both: the dcgm overlay and components/servicemonitor cannot
-    // both end up in one kustomization.
-    let component = render_with_servicemonitor(&kubectl);
-    assert_eq!(
-        str_at(monitor, "metadata.name"),
-        str_at(component.one("ServiceMonitor"), "metadata.name")
-    );
+    assert!(shared_env.contains_key("CONFIG_FILE"));
+    for r in [&overlay, &shared] {
+        let name = &r.name;
+        let endpoint = assert_scrapes_the_agent(r);
+        // dcgm-exporter's helm chart: every 15s, 10s timeout, honorLabels false. The last is
+        // what turns the workload's namespace/pod/container into exported_namespace/
+        // exported_pod/exported_container, which dashboards and alerts written for
+        // dcgm-exporter query.
+        assert_eq!(str_at(endpoint, "interval"), "15s", "{name}");
+        assert_eq!(str_at(endpoint, "scrapeTimeout"), "10s", "{name}");
+        assert_eq!(
+            get(endpoint, "honorLabels").as_bool(),
+            Some(false),
+            "{name}: exported_pod queries need honorLabels false"
+        );
+        let monitor = r.one("ServiceMonitor");
+        assert_eq!(
+            strings(get(monitor, "spec.namespaceSelector.matchNames")),
+            ["gpu-agent"],
+            "{name}"
+        );
+        // Scraped once, by the ServiceMonitor: not also through the Service annotations.
+        let service = r.one("Service");
+        assert_eq!(
+            get(service, "metadata.annotations")
+                .get("prometheus.io/scrape")
+                .and_then(Value::as_str),
+            Some("false"),
+            "{name}"
+        );
+        // The same port as dcgm-exporter, 9400.
+        let c = agent_container(r.one("DaemonSet"));
+        let port = named(seq_at(c, "ports"), "metrics").expect("a port named metrics");
+        assert_eq!(get(port, "containerPort").as_u64(), Some(9400), "{name}");
+        // One ServiceMonitor name for both: components/dcgm and components/servicemonitor
+        // cannot both end up in one kustomization.
+        let component = render_with_servicemonitor(&kubectl);
+        assert_eq!(
+            str_at(monitor, "metadata.name"),
+            str_at(component.one("ServiceMonitor"), "metadata.name"),
+            "{name}"
+        );
+    }
 }
 
 fn names(list: &[&str]) -> BTreeSet<String> {
