@@ -328,6 +328,50 @@ fn gpu_agent_down_watches_the_job_the_servicemonitors_set() {
     assert_job_is_watched("overlays/dcgm", &kustomize(&kubectl, &dcgm).1);
 }
 
+/// The kustomization docs/migrating-from-dcgm-exporter.md shows for the alerts with the dcgm
+/// overlay renders, with both namings served and the PrometheusRule in it.
+#[test]
+fn the_documented_dcgm_overlay_with_alerts_renders() {
+    let Some(kubectl) = kubectl() else { return };
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/migrating-from-dcgm-exporter.md"
+    ))
+    .expect("read the migration guide");
+    let block = doc
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("```").map(|(block, _)| block))
+        .find(|block| block.contains("components/alerts"))
+        .expect("a kustomization with components/alerts in the guide");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repository = common::repository_from(dir.path());
+    let text = block.replace("<path to gpu-agent>", &repository.display().to_string());
+    std::fs::write(dir.path().join("kustomization.yaml"), text).expect("write");
+    let (_, objects) = kustomize(&kubectl, dir.path());
+    let find = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| str_of(o, "kind") == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    };
+    assert_eq!(
+        get(find("PrometheusRule"), "spec"),
+        get(&source_rule(), "spec")
+    );
+    let containers = seq_of(
+        get(get(get(find("DaemonSet"), "spec"), "template"), "spec"),
+        "containers",
+    );
+    let env = seq_of(&containers[0], "env");
+    let names: Vec<(&str, &str)> = env
+        .iter()
+        .filter(|e| str_of(e, "name") == "GPU_AGENT_METRICS_NAMES")
+        .map(|e| (str_of(e, "name"), str_of(e, "value")))
+        .collect();
+    assert_eq!(names, [("GPU_AGENT_METRICS_NAMES", "both")]);
+}
+
 #[test]
 fn promtool_checks_the_rules() {
     let Some(()) = promtool() else { return };

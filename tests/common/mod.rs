@@ -297,6 +297,13 @@ pub fn kustomize(kubectl: &Path, dir: &Path) -> (String, Vec<serde_yaml_ng::Valu
     (text, objects)
 }
 
+/// The repository as a relative path from `dir` (kustomize refuses absolute paths): `../..`
+/// up to the root, then down.
+pub fn repository_from(dir: &Path) -> PathBuf {
+    let up: PathBuf = dir.components().skip(1).map(|_| "..").collect();
+    up.join(env!("CARGO_MANIFEST_DIR").trim_start_matches('/'))
+}
+
 /// `kubectl kustomize` of a kustomization made in a temp dir that lists `resources` and
 /// `components` (paths under `daemonset/`, e.g. `base`, `components/servicemonitor`), as a
 /// user's own kustomization combines them: the YAML text and its objects.
@@ -306,10 +313,7 @@ pub fn kustomize_with_components(
     components: &[&str],
 ) -> (String, Vec<serde_yaml_ng::Value>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    // kustomize refuses absolute paths: reach the repository from the temp dir through `..`.
-    let up: PathBuf = dir.path().components().skip(1).map(|_| "..").collect();
-    let daemonset =
-        up.join(concat!(env!("CARGO_MANIFEST_DIR"), "/daemonset").trim_start_matches('/'));
+    let daemonset = repository_from(dir.path()).join("daemonset");
     let list = |paths: &[&str]| -> String {
         paths
             .iter()
