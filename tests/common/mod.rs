@@ -296,3 +296,39 @@ pub fn kustomize(kubectl: &Path, dir: &Path) -> (String, Vec<serde_yaml_ng::Valu
         .collect();
     (text, objects)
 }
+
+/// The repository as a relative path from `dir` (kustomize refuses absolute paths): `../..`
+/// up to the root, then down.
+pub fn repository_from(dir: &Path) -> PathBuf {
+    let up: PathBuf = dir.components().skip(1).map(|_| "..").collect();
+    up.join(env!("CARGO_MANIFEST_DIR").trim_start_matches('/'))
+}
+
+/// `kubectl kustomize` of a kustomization made in a temp dir that lists `resources` and
+/// `components` (paths under `daemonset/`, e.g. `base`, `components/servicemonitor`), as a
+/// user's own kustomization combines them: the YAML text and its objects.
+pub fn kustomize_with_components(
+    kubectl: &Path,
+    resources: &[&str],
+    components: &[&str],
+) -> (String, Vec<serde_yaml_ng::Value>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemonset = repository_from(dir.path()).join("daemonset");
+    let list = |paths: &[&str]| -> String {
+        paths
+            .iter()
+            .map(|p| format!("  - {}\n", daemonset.join(p).display()))
+            .collect()
+    };
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n{}components:\n{}",
+            list(resources),
+            list(components)
+        ),
+    )
+    .expect("write kustomization");
+    kustomize(kubectl, dir.path())
+}

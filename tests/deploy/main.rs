@@ -20,7 +20,9 @@ use serde_yaml_ng::Value;
 
 use agent::{agent_container, gpu_resources, start_like_the_daemonset, AgentInputs};
 use common::{arg, kubectl, run_cli};
-use render::{render_overlay, render_with_servicemonitor, validator, Rendered};
+use render::{
+    render_overlay, render_with_components, render_with_servicemonitor, validator, Rendered,
+};
 use yaml::{assert_selects, env_values, get, named, quantity, seq_at, str_at, strings};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -33,9 +35,14 @@ const OVERLAYS: &[&str] = &[
     "overlays/mig-mixed",
     "overlays/vgpu",
     "overlays/mock",
+    "overlays/dcgm",
 ];
 const MIG_MIXED: &str = "overlays/mig-mixed";
 const MOCK: &str = "overlays/mock";
+const DCGM: &str = "overlays/dcgm";
+
+/// The job GpuAgentDown (components/alerts) watches: `up{job="gpu-agent"}`.
+const JOB: &str = "gpu-agent";
 
 /// Host directories the agent needs, and whether it only reads them.
 const HOST_MOUNTS: &[(&str, bool)] = &[
@@ -70,7 +77,22 @@ fn every_kustomization_renders_and_passes_the_kubernetes_schemas() {
         .chain(&["examples"])
         .map(|overlay| render_overlay(&kubectl, overlay))
         .collect();
-    all.push(render_with_servicemonitor(&kubectl));
+    all.push(render_with_components(
+        &kubectl,
+        &["base"],
+        &["components/servicemonitor", "components/alerts"],
+    ));
+    all.push(render_with_components(
+        &kubectl,
+        &[DCGM],
+        &["components/alerts"],
+    ));
+    // dcgm names on a sharing overlay.
+    all.push(render_with_components(
+        &kubectl,
+        &["overlays/time-slicing"],
+        &["components/dcgm", "components/alerts"],
+    ));
     for r in &all {
         for object in &r.objects {
             assert!(
@@ -197,6 +219,16 @@ fn the_agent_is_wired_to_the_kubelet_and_the_node() {
         let args = strings(get(c, "args"));
         assert_eq!(args.first().map(String::as_str), Some("run"), "{overlay}");
         let env = env_values(c);
+        // dcgm-exporter's metric names in the dcgm overlay only; the default elsewhere.
+        assert_eq!(
+            env.get("GPU_AGENT_METRICS_NAMES").map(String::as_str),
+            (overlay == DCGM).then_some("dcgm"),
+            "{overlay}: GPU_AGENT_METRICS_NAMES"
+        );
+        assert!(
+            !args.iter().any(|a| a.starts_with("--metrics-names")),
+            "{overlay}: metric names by env"
+        );
         assert!(
             !args.iter().any(|a| a.starts_with("--metrics-addr"))
                 && !env.contains_key("GPU_AGENT_METRICS_ADDR"),
@@ -327,21 +359,7 @@ fn metrics_are_scrapable_through_a_headless_service_and_a_servicemonitor() {
         "DaemonSet → its pods",
     );
 
-    let monitor = r.one("ServiceMonitor");
-    assert_eq!(str_at(monitor, "apiVersion"), "monitoring.coreos.com/v1");
-    assert_eq!(
-        str_at(monitor, "metadata.namespace"),
-        str_at(service, "metadata.namespace")
-    );
-    let service_labels = get(service, "metadata.labels");
-    assert_selects(
-        get(monitor, "spec.selector.matchLabels"),
-        service_labels,
-        "ServiceMonitor → Service",
-    );
-    let endpoint = &seq_at(monitor, "spec.endpoints")[0];
-    assert_eq!(str_at(endpoint, "port"), "metrics");
-    assert_eq!(str_at(endpoint, "path"), "/metrics");
+    let endpoint = assert_scrapes_the_agent(&r);
     assert_eq!(
         get(endpoint, "honorLabels").as_bool(),
         Some(true),
@@ -352,6 +370,105 @@ fn metrics_are_scrapable_through_a_headless_service_and_a_servicemonitor() {
     assert!(render_overlay(&kubectl, "base")
         .of_kind("ServiceMonitor")
         .is_empty());
+}
+
+/// The rendered ServiceMonitor scrapes the agent's Service on its metrics port, under the job
+/// the alerts expect, with the node as a label: its one endpoint.
+fn assert_scrapes_the_agent(r: &Rendered) -> &Value {
+    let name = &r.name;
+    let service = r.one("Service");
+    let monitor = r.one("ServiceMonitor");
+    assert_eq!(str_at(monitor, "apiVersion"), "monitoring.coreos.com/v1");
+    assert_eq!(
+        str_at(monitor, "metadata.namespace"),
+        str_at(service, "metadata.namespace"),
+        "{name}"
+    );
+    let service_labels = get(service, "metadata.labels");
+    assert_selects(
+        get(monitor, "spec.selector.matchLabels"),
+        service_labels,
+        &format!("{name}: ServiceMonitor → Service"),
+    );
+    // The Prometheus Operator names the job after the Service label jobLabel names (without
+    // one, after the Service: gpu-agent-metrics).
+    let job_label = str_at(monitor, "spec.jobLabel");
+    assert_eq!(
+        service_labels.get(job_label).and_then(Value::as_str),
+        Some(JOB),
+        "{name}: the job is {JOB}, which GpuAgentDown watches"
+    );
+    let endpoints = seq_at(monitor, "spec.endpoints");
+    assert_eq!(endpoints.len(), 1, "{name}");
+    let endpoint = &endpoints[0];
+    assert_eq!(str_at(endpoint, "port"), "metrics", "{name}");
+    assert_eq!(str_at(endpoint, "path"), "/metrics", "{name}");
+    assert!(
+        seq_at(endpoint, "relabelings").iter().any(|r| {
+            strings(get(r, "sourceLabels")) == ["__meta_kubernetes_pod_node_name"]
+                && str_at(r, "targetLabel") == "node"
+        }),
+        "{name}: the node label on every series"
+    );
+    endpoint
+}
+
+#[test]
+fn the_dcgm_overlay_is_scraped_as_dcgm_exporter_is() {
+    let Some(kubectl) = kubectl() else { return };
+    let overlay = render_overlay(&kubectl, DCGM);
+    // The component does the same on a sharing overlay, which keeps its config.
+    let shared = render_with_components(&kubectl, &["overlays/time-slicing"], &["components/dcgm"]);
+    let shared_env = env_values(agent_container(shared.one("DaemonSet")));
+    assert_eq!(
+        shared_env
+            .get("GPU_AGENT_METRICS_NAMES")
+            .map(String::as_str),
+        Some("dcgm")
+    );
+    assert!(shared_env.contains_key("CONFIG_FILE"));
+    for r in [&overlay, &shared] {
+        let name = &r.name;
+        let endpoint = assert_scrapes_the_agent(r);
+        // dcgm-exporter's helm chart: every 15s, 10s timeout, honorLabels false. The last is
+        // what turns the workload's namespace/pod/container into exported_namespace/
+        // exported_pod/exported_container, which dashboards and alerts written for
+        // dcgm-exporter query.
+        assert_eq!(str_at(endpoint, "interval"), "15s", "{name}");
+        assert_eq!(str_at(endpoint, "scrapeTimeout"), "10s", "{name}");
+        assert_eq!(
+            get(endpoint, "honorLabels").as_bool(),
+            Some(false),
+            "{name}: exported_pod queries need honorLabels false"
+        );
+        let monitor = r.one("ServiceMonitor");
+        assert_eq!(
+            strings(get(monitor, "spec.namespaceSelector.matchNames")),
+            ["gpu-agent"],
+            "{name}"
+        );
+        // Scraped once, by the ServiceMonitor: not also through the Service annotations.
+        let service = r.one("Service");
+        assert_eq!(
+            get(service, "metadata.annotations")
+                .get("prometheus.io/scrape")
+                .and_then(Value::as_str),
+            Some("false"),
+            "{name}"
+        );
+        // The same port as dcgm-exporter, 9400.
+        let c = agent_container(r.one("DaemonSet"));
+        let port = named(seq_at(c, "ports"), "metrics").expect("a port named metrics");
+        assert_eq!(get(port, "containerPort").as_u64(), Some(9400), "{name}");
+        // One ServiceMonitor name for both: components/dcgm and components/servicemonitor
+        // cannot both end up in one kustomization.
+        let component = render_with_servicemonitor(&kubectl);
+        assert_eq!(
+            str_at(monitor, "metadata.name"),
+            str_at(component.one("ServiceMonitor"), "metadata.name"),
+            "{name}"
+        );
+    }
 }
 
 fn names(list: &[&str]) -> BTreeSet<String> {
@@ -399,6 +516,7 @@ fn configmaps_hold_configs_and_fixtures_the_agent_accepts() {
         names(&["nvidia.com/gpu.shared"])
     );
     assert_eq!(advertises("overlays/vgpu"), names(&["nvidia.com/gpu.vgpu"]));
+    assert_eq!(advertises(DCGM), names(&["nvidia.com/gpu"]));
     assert_eq!(
         advertises(MIG_MIXED),
         names(&[&["nvidia.com/gpu"][..], &mig].concat())

@@ -8,13 +8,13 @@ use std::process::{Command, Stdio};
 
 use serde_yaml_ng::Value;
 
-use crate::common::kustomize;
+use crate::common::{kustomize, kustomize_with_components};
 use crate::yaml::{kind, str_at};
 use crate::ROOT;
 
 /// Kinds defined by CustomResourceDefinitions, which the built-in schemas cannot know; their
 /// fields are asserted by the tests instead.
-const CRD_KINDS: &[&str] = &["ServiceMonitor"];
+const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
 
 /// The oldest Kubernetes the README supports, and the validator's newest (its default).
 const KUBERNETES_VERSIONS: &[Option<&str>] = &[Some("1.26.0"), None];
@@ -88,23 +88,22 @@ pub fn render_overlay(kubectl: &Path, overlay: &str) -> Rendered {
     render(kubectl, &daemonset_dir().join(overlay), overlay)
 }
 
-/// The base plus the ServiceMonitor component, as a user's own kustomization combines them.
+/// `resources` plus `components` (paths under `daemonset/`), as a user's own kustomization
+/// combines them.
+pub fn render_with_components(kubectl: &Path, resources: &[&str], components: &[&str]) -> Rendered {
+    let name = format!("{} + {}", resources.join(" + "), components.join(" + "));
+    let (text, objects) = kustomize_with_components(kubectl, resources, components);
+    assert!(!objects.is_empty(), "{name} renders nothing");
+    Rendered {
+        name,
+        text,
+        objects,
+    }
+}
+
+/// The base plus the ServiceMonitor component.
 pub fn render_with_servicemonitor(kubectl: &Path) -> Rendered {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // kustomize refuses absolute paths: reach the repository from the temp dir through `..`.
-    let up: PathBuf = dir.path().components().skip(1).map(|_| "..").collect();
-    let daemonset = up.join(daemonset_dir().strip_prefix("/").expect("absolute path"));
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        format!(
-            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources:\n  - {}\ncomponents:\n  - {}\n",
-            daemonset.join("base").display(),
-            daemonset.join("components/servicemonitor").display()
-        ),
-    )
-    .expect("write kustomization");
-    render(kubectl, dir.path(), "base + components/servicemonitor")
+    render_with_components(kubectl, &["base"], &["components/servicemonitor"])
 }
 
 /// Validate every object but CRD kinds against the Kubernetes OpenAPI schemas, strictly (no
