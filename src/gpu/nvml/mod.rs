@@ -5,11 +5,16 @@
 //!
 //! One concern per module, each with the pure helpers it needs unit-tested next to it (CI has no
 //! GPU): `enumerate` (the inventory: GPUs, MIG devices, bus ids, versions), `topology` (NVLink
-//! peers), `telemetry` (sampling), `events` (the XID/ECC watcher and re-enumeration). This file
-//! holds the backend itself: loading NVML and wiring the [`GpuBackend`] calls to those modules.
+//! peers), `telemetry` (sampling, with `fields` for NVML field values, `history` for what is
+//! kept between cycles and `raw` for the calls nvml-wrapper lacks), `events` (the XID/ECC
+//! watcher and re-enumeration). This file holds the backend itself: loading NVML and wiring the
+//! [`GpuBackend`] calls to those modules.
 
 mod enumerate;
 mod events;
+mod fields;
+mod history;
+mod raw;
 mod telemetry;
 mod topology;
 
@@ -24,6 +29,7 @@ use tracing::{debug, info, warn};
 use super::backend::{BackendError, BackendEvents, GpuBackend};
 use super::{Inventory, Telemetry};
 use enumerate::{cuda_version_string, GpuProbe};
+use telemetry::Sampling;
 use topology::with_nvlink_peers;
 
 /// Library names tried in order. Nodes normally ship only the versioned soname (the unversioned
@@ -40,6 +46,9 @@ const MIB: u64 = 1024 * 1024;
 pub struct NvmlBackend {
     nvml: Nvml,
     state: Mutex<State>,
+    /// What telemetry keeps between collection cycles (NVLink counters). Held for a whole pass,
+    /// so that two passes never interleave their samples.
+    sampling: Mutex<Sampling>,
 }
 
 /// What the last passes learned, for `lost_gpus()` and for keeping lost GPUs in the layout.
@@ -63,12 +72,19 @@ impl NvmlBackend {
         Ok(Self {
             nvml,
             state: Mutex::new(State::default()),
+            sampling: Mutex::new(Sampling::new()),
         })
     }
 
     /// The shared state; a panic elsewhere must not take the backend down with it.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn sampling(&self) -> MutexGuard<'_, Sampling> {
+        self.sampling
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -125,11 +141,14 @@ impl GpuBackend for NvmlBackend {
         let mut out = Telemetry::new();
         let was_lost = self.state().lost.clone();
         let mut lost = BTreeSet::new();
+        let mut sampling = self.sampling();
         for gpu in &inventory.gpus {
-            if !self.sample_gpu(gpu, was_lost.contains(&gpu.uuid), &mut out) {
+            if !self.sample_gpu(gpu, was_lost.contains(&gpu.uuid), &mut sampling, &mut out) {
                 lost.insert(gpu.uuid.clone());
             }
         }
+        sampling.end_cycle(&out);
+        drop(sampling);
         self.state().lost = lost;
         out
     }
