@@ -1,5 +1,5 @@
 //! The previous sample of each device, kept from one collection cycle to the next: what a
-//! metric computed over an interval needs (DCGM's NVLink bandwidth). Generic over
+//! metric computed over an interval needs (GPM profiling, DCGM's NVLink bandwidth). Generic over
 //! the sample, so that the pairing, and the freeing of samples of devices that went away, are
 //! tested with plain numbers.
 
@@ -43,6 +43,11 @@ impl<K: Eq + Hash + Clone, S> SampleHistory<K, S> {
             .collect();
         stale.iter().filter_map(|k| self.last.remove(k)).collect()
     }
+
+    pub(super) fn drain(&mut self) -> Vec<S> {
+        self.sampled.clear();
+        self.last.drain().map(|(_, s)| s).collect()
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +77,8 @@ mod tests {
         assert_eq!(h.take(&"gpu0"), Some(3));
         assert_eq!(h.end_cycle(), Vec::<u32>::new());
         assert_eq!(cycle(&mut h, "gpu0", 4), None);
+        let mut all = h.drain();
+        all.sort();
+        assert_eq!(all, vec![4, 12]);
     }
 }

@@ -5,14 +5,15 @@
 //!
 //! One concern per module, each with the pure helpers it needs unit-tested next to it (CI has no
 //! GPU): `enumerate` (the inventory: GPUs, MIG devices, bus ids, versions), `topology` (NVLink
-//! peers), `telemetry` (sampling, with `fields` for NVML field values, `history` for what is
-//! kept between cycles and `raw` for the calls nvml-wrapper lacks), `events` (the XID/ECC
-//! watcher and re-enumeration). This file holds the backend itself: loading NVML and wiring the
-//! [`GpuBackend`] calls to those modules.
+//! peers), `telemetry` (sampling, with `fields` for NVML field values, `gpm` for profiling,
+//! `history` for what is kept between cycles and `raw` for the calls nvml-wrapper lacks),
+//! `events` (the XID/ECC watcher and re-enumeration). This file holds the backend itself:
+//! loading NVML and wiring the [`GpuBackend`] calls to those modules.
 
 mod enumerate;
 mod events;
 mod fields;
+mod gpm;
 mod history;
 mod raw;
 mod telemetry;
@@ -46,8 +47,8 @@ const MIB: u64 = 1024 * 1024;
 pub struct NvmlBackend {
     nvml: Nvml,
     state: Mutex<State>,
-    /// What telemetry keeps between collection cycles (NVLink counters). Held for a whole pass,
-    /// so that two passes never interleave their samples.
+    /// What telemetry keeps between collection cycles (GPM samples, NVLink counters). Held for
+    /// a whole pass, so that two passes never interleave their GPM samples.
     sampling: Mutex<Sampling>,
 }
 
@@ -87,6 +88,13 @@ impl NvmlBackend {
         self.sampling
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for NvmlBackend {
+    /// Free the GPM samples kept between cycles while the library they came from is loaded.
+    fn drop(&mut self) {
+        self.sampling().gpm.release(&self.nvml);
     }
 }
 
@@ -147,7 +155,7 @@ impl GpuBackend for NvmlBackend {
                 lost.insert(gpu.uuid.clone());
             }
         }
-        sampling.end_cycle(&out);
+        sampling.end_cycle(&self.nvml, &out);
         drop(sampling);
         self.state().lost = lost;
         out

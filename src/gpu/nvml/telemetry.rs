@@ -2,10 +2,10 @@
 //!
 //! A GPU is read with the calls DCGM uses for the same dcgm-exporter fields: utilization,
 //! encoder/decoder utilization, memory info v2, temperature, power, clocks, clocks-event
-//! reasons, vGPU licensing, and one batch of field values (`fields`). A
-//! MIG device is read as dcgm-exporter reports a GPU instance: its framebuffer (memory info v2
-//! of the MIG device); utilization, temperature, power and
-//! clocks belong to the parent GPU and stay `None`.
+//! reasons, vGPU licensing, one batch of field values (`fields`), and GPM profiling (`gpm`).
+//! A MIG device is read as dcgm-exporter reports a GPU instance: its framebuffer (memory info
+//! v2 of the MIG device) and its GPU instance's GPM profiling; utilization, temperature, power
+//! and clocks belong to the parent GPU and stay `None`.
 //!
 //! A call that fails leaves its field `None` (logged once per device and call); GpuLost marks
 //! the GPU lost for the pass, as the inventory does.
@@ -22,12 +22,15 @@ use tracing::{debug, warn};
 use super::fields::{
     apply_fields, nvlink_dcgm_rate, vgpu_license_status, FieldReading, NvlinkCount, GPU_FIELDS,
 };
+use super::gpm::Gpm;
 use super::history::SampleHistory;
 use super::{raw, NvmlBackend, MIB};
 use crate::gpu::{DeviceTelemetry, Gpu, MigDevice, Telemetry};
 
 /// What sampling keeps from one collection cycle to the next.
 pub(super) struct Sampling {
+    /// GPM samples (the start of each device's next interval) and GPM support per GPU.
+    pub gpm: Gpm,
     /// The NVLink data counter of each GPU at the last cycle, for the DCGM bandwidth rate.
     nvlink: SampleHistory<String, NvlinkCount>,
     /// (device UUID, NVML call) failures already logged, so that an unsupported value is
@@ -38,13 +41,15 @@ pub(super) struct Sampling {
 impl Sampling {
     pub(super) fn new() -> Self {
         Self {
+            gpm: Gpm::new(),
             nvlink: SampleHistory::new(),
             reported: BTreeSet::new(),
         }
     }
 
     /// End a cycle over `sampled`: forget the state of devices that were not sampled in it.
-    pub(super) fn end_cycle(&mut self, sampled: &Telemetry) {
+    pub(super) fn end_cycle(&mut self, nvml: &nvml_wrapper::Nvml, sampled: &Telemetry) {
+        self.gpm.end_cycle(nvml);
         self.nvlink.end_cycle();
         self.reported.retain(|(uuid, _)| sampled.contains_key(uuid));
     }
@@ -102,6 +107,10 @@ impl NvmlBackend {
             sample.nvlink_bandwidth_mb_per_second = nvlink_dcgm_rate(previous, now);
             sampling.nvlink.keep(gpu.uuid.clone(), now);
         }
+        let gpm = sampling.gpm.supported(&device, gpu);
+        if gpm {
+            sample.profiling = sampling.gpm.gpu(&self.nvml, &device, gpu);
+        }
         out.insert(gpu.uuid.clone(), sample);
         for mig in &gpu.mig_devices {
             let Some(handle) = find_mig_handle(&device, mig) else {
@@ -109,12 +118,31 @@ impl NvmlBackend {
                 continue;
             };
             let mut sampler = Sampler::default();
-            let sample = sample_mig(&handle, &mut sampler);
+            let mut sample = sample_mig(&handle, &mut sampler);
             sampling.report(&mig.uuid, sampler);
+            if gpm {
+                sample.profiling = first_of_instance(gpu, mig)
+                    .map(|first| out.get(&first.uuid).and_then(|t| t.profiling.clone()))
+                    .unwrap_or_else(|| {
+                        let gi = mig.gpu_instance_id;
+                        sampling
+                            .gpm
+                            .instance(&self.nvml, &device, gpu, gi, &mig.uuid)
+                    });
+            }
             out.insert(mig.uuid.clone(), sample);
         }
         true
     }
+}
+
+/// The MIG device sampled before `mig` in the same GPU instance, if any: GPM samples a GPU
+/// instance, so its compute instances share one profiling, sampled once (at its first device).
+fn first_of_instance<'g>(gpu: &'g Gpu, mig: &MigDevice) -> Option<&'g MigDevice> {
+    gpu.mig_devices
+        .iter()
+        .take_while(|m| m.uuid != mig.uuid)
+        .find(|m| m.gpu_instance_id == mig.gpu_instance_id)
 }
 
 /// The MIG device handle for `mig` under `parent`: its recorded index first, then a scan (the
@@ -288,6 +316,37 @@ mod tests {
         assert_eq!(t.memory_reserved_mib, Some(500));
         assert_eq!(t.utilization_percent, None);
         assert_eq!(framebuffer(None), DeviceTelemetry::default());
+    }
+
+    #[test]
+    fn compute_instances_of_one_gpu_instance_share_its_first_device() {
+        let mig = |uuid: &str, gi: u32, index: u32| MigDevice {
+            uuid: uuid.into(),
+            profile: "1g.18gb".into(),
+            gpu_instance_id: gi,
+            compute_instance_id: index,
+            memory_mib: 16_384,
+            index,
+        };
+        let gpu = Gpu {
+            index: 0,
+            uuid: "GPU-0".into(),
+            model: "NVIDIA H200".into(),
+            memory_mib: 143_771,
+            numa_node: None,
+            pci_bus_id: None,
+            minor_number: 0,
+            mig_enabled: true,
+            mig_devices: vec![mig("MIG-a", 3, 0), mig("MIG-b", 5, 1), mig("MIG-c", 3, 2)],
+            nvlinks: Default::default(),
+        };
+        let [a, b, c] = [0, 1, 2].map(|i| &gpu.mig_devices[i]);
+        assert_eq!(first_of_instance(&gpu, a), None);
+        assert_eq!(first_of_instance(&gpu, b), None);
+        assert_eq!(
+            first_of_instance(&gpu, c).map(|m| m.uuid.as_str()),
+            Some("MIG-a")
+        );
     }
 
     #[test]
