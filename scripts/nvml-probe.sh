@@ -8,6 +8,9 @@
 #   mkdir -p probe-bin && cp target/release/gpu-agent target/release/examples/test_kubelet probe-bin/
 #   echo /probe-bin/ >> .git/info/exclude
 #   on the GPU machine: OUT=<dir> bash scripts/nvml-probe.sh probe-bin
+# Optionally also the telemetry collection cost on the real GPUs (issue 14), from the bench binary:
+#   cargo bench --bench telemetry --no-run   # prints target/release/deps/telemetry-<hash>
+#   cp target/release/deps/telemetry-<hash> probe-bin/telemetry-bench
 set -uo pipefail
 bin="${1:-target/release}"
 out="${OUT:-/tmp/nvml-probe}"
@@ -61,3 +64,9 @@ grep -E "VmRSS|VmHWM" "/proc/$apid/status" >>"$out/metrics.txt"
 kill -TERM "$apid"; wait "$apid"; echo "agent exit=$?" >>"$out/run.log"
 kill -INT "$kpid"; wait "$kpid" 2>/dev/null
 ls -la "$dir" >>"$out/run.log"
+
+# NVML collection cost per GPU (GPM included), when the bench binary was carried.
+if [ -x "$bin/telemetry-bench" ]; then
+  "$bin/telemetry-bench" >"$out/telemetry-bench.txt" 2>&1
+  echo "telemetry-bench rc=$?" >>"$out/telemetry-bench.txt"
+fi

@@ -39,8 +39,12 @@ pub struct DeviceTelemetry {
     pub memory_clock_mhz: Option<f64>,
     /// PCIe replays since boot (dcgm `PCIE_REPLAY_COUNTER`).
     pub pcie_replay_count: Option<u64>,
-    /// NVLink data counter summed over all links, in bytes (dcgm `NVLINK_BANDWIDTH_TOTAL`).
+    /// NVLink data counter summed over all links, in bytes (TX + RX).
     pub nvlink_bytes_total: Option<u64>,
+    /// dcgm `NVLINK_BANDWIDTH_TOTAL` as DCGM computes it: not a byte counter (despite its
+    /// `counter` type in dcgm-exporter's CSV) but the growth of the same NVLink data counters
+    /// between two collections, in KiB/s ÷ 1000 (DCGM's "MB/s"). `None` on the first collection.
+    pub nvlink_bandwidth_mb_per_second: Option<f64>,
     /// ECC errors since boot (volatile): corrected (single-bit), uncorrected (double-bit).
     pub ecc_corrected_total: Option<u64>,
     pub ecc_uncorrected_total: Option<u64>,
