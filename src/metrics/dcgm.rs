@@ -10,9 +10,11 @@
 //! - `DCGM_FI_DEV_XID_ERRORS` is the last XID (0 before any), with `err_code` and `err_msg`.
 //! - Native units: MHz, °C, W, mJ, MiB, percent, ratios 0–1, bytes/s. Unsupported: omitted.
 
+use std::cell::OnceCell;
+
 use super::dcgm_fields::{self as fields, xid_message};
 use super::names::MetricDef;
-use super::sink::{Labels, Sink};
+use super::sink::{LabelSet, Labels, Sink};
 use super::view::{Device, Holder, View};
 use crate::gpu::Profiling;
 
@@ -129,6 +131,8 @@ struct Sharer<'a> {
     pod: &'a str,
     container: &'a str,
     vgpu: Option<&'a str>,
+    /// The device's labels and the pod's, rendered once for every family.
+    labels: OnceCell<LabelSet>,
 }
 
 /// The devices dcgm-exporter reports (GPUs without MIG devices, and GPU instances), each with
@@ -157,6 +161,7 @@ fn reported<'h>(
             pod: &h.held.pod,
             container: &h.held.container,
             vgpu: h.vgpu(),
+            labels: OnceCell::new(),
         };
         // The same container under an old and a new ID of one device: one series.
         let seen = sharers.iter().any(|s| {
@@ -197,8 +202,21 @@ fn device_series(
         return;
     }
     for (k, s) in sharers.iter().enumerate() {
-        // dcgm-exporter writes these attributes in name order.
+        // dcgm-exporter writes these attributes in name order (err_* between them).
         let labels = |l: &mut Labels<'_>| {
+            if xid.is_none() {
+                l.set(s.labels.get_or_init(|| {
+                    let mut set = device.dcgm_labels(view.node, driver).clone();
+                    set.push("container", s.container);
+                    set.push("namespace", s.namespace);
+                    set.push("pod", s.pod);
+                    if let Some(vgpu) = s.vgpu {
+                        set.push("vgpu", vgpu);
+                    }
+                    set
+                }));
+                return;
+            }
             l.set(device.dcgm_labels(view.node, driver))
                 .add("container", s.container);
             xid_labels(l);

@@ -90,7 +90,7 @@ fn pair(name: &str, value: &str) -> LabelPair {
 fn write_label(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push_str("=\"");
-    if value.contains(['\\', '"', '\n']) {
+    if value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         for c in value.chars() {
             match c {
                 '\\' => out.push_str("\\\\"),
@@ -105,23 +105,69 @@ fn write_label(out: &mut String, name: &str, value: &str) {
     out.push('"');
 }
 
-/// `value` as `format` says; non-finite values never reach here (the walk omits them).
+/// Largest magnitude written through the integer paths (exact in an f64).
+const EXACT: f64 = 9.0e15;
+
+/// `value` as `format` says; non-finite values never reach here (the walk omits them). The
+/// common cases (integers, six decimals) are written by hand: a scrape writes thousands.
 fn write_value(out: &mut String, format: Format, value: f64) {
     match format {
+        Format::Integer if value.abs() < EXACT => write_int(out, value.round() as i64),
         Format::Integer => {
-            let _ = write!(out, "{}", value.round() as i64);
+            let _ = write!(out, "{value:.0}");
         }
         Format::Fixed6 => {
-            let _ = write!(out, "{value:.6}");
+            let exact = value.abs() * 1e6;
+            let scaled = exact.round();
+            // Near a half the product's rounding could flip the last digit: the formatter
+            // rounds the exact decimal.
+            if scaled >= EXACT || ((exact - exact.trunc()) - 0.5).abs() < 1e-6 {
+                let _ = write!(out, "{value:.6}");
+                return;
+            }
+            let n = scaled as u64;
+            if value < 0.0 {
+                out.push('-');
+            }
+            write_uint(out, n / 1_000_000);
+            out.push('.');
+            let fraction = n % 1_000_000;
+            let mut digits = [b'0'; 6];
+            let mut rest = fraction;
+            for d in digits.iter_mut().rev() {
+                *d = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+        }
+        Format::Shortest if value.fract() == 0.0 && value.abs() < EXACT => {
+            write_int(out, value as i64)
         }
         Format::Shortest => {
-            if value.fract() == 0.0 && value.abs() < 1e15 {
-                let _ = write!(out, "{}", value as i64);
-            } else {
-                let _ = write!(out, "{value}");
-            }
+            let _ = write!(out, "{value}");
         }
     }
+}
+
+fn write_int(out: &mut String, value: i64) {
+    if value < 0 {
+        out.push('-');
+    }
+    write_uint(out, value.unsigned_abs());
+}
+
+fn write_uint(out: &mut String, mut value: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
 }
 
 fn kind_name(kind: Kind) -> &'static str {
@@ -137,13 +183,15 @@ struct TextFamily {
     format: Format,
     /// `# HELP …\n# TYPE …\n`
     header: String,
+    /// Every series' `name{labels} `, one after the other (one allocation per family).
+    prefixes: String,
     series: Vec<TextSeries>,
 }
 
 struct TextSeries {
     id: u64,
-    /// `name{labels} `
-    prefix: Box<str>,
+    /// Where its prefix ends in `prefixes` (it starts where the previous one's ends).
+    end: usize,
     value: f64,
 }
 
@@ -179,11 +227,18 @@ impl Sink for TextBuilder {
         header.push(' ');
         header.push_str(kind_name(def.kind));
         header.push('\n');
+        // Families of one naming have about as many series with as long labels: size the next
+        // like the last.
+        let (bytes, series) = self
+            .families
+            .last()
+            .map_or((0, 0), |f| (f.prefixes.len(), f.series.len()));
         self.families.push(TextFamily {
             name: def.name,
             format: def.format,
             header,
-            series: Vec::new(),
+            prefixes: String::with_capacity(bytes + bytes / 4),
+            series: Vec::with_capacity(series),
         });
     }
 
@@ -191,10 +246,10 @@ impl Sink for TextBuilder {
         let Some(family) = self.families.last_mut() else {
             return;
         };
-        let mut prefix = String::with_capacity(family.name.len() + 160);
+        let prefix = &mut family.prefixes;
         prefix.push_str(family.name);
         prefix.push('{');
-        labels(&mut Labels(Out::Text(&mut prefix)));
+        labels(&mut Labels(Out::Text(prefix)));
         if prefix.ends_with('{') {
             prefix.pop();
         } else {
@@ -203,7 +258,7 @@ impl Sink for TextBuilder {
         prefix.push(' ');
         family.series.push(TextSeries {
             id,
-            prefix: prefix.into_boxed_str(),
+            end: prefix.len(),
             value,
         });
     }
@@ -289,11 +344,21 @@ impl Template {
 
     /// The text exposition of the non-empty families.
     pub fn encode(&mut self) -> String {
+        if self.last_len == 0 {
+            // Labels, headers, and ~24 bytes per value.
+            self.last_len = self
+                .families
+                .iter()
+                .map(|f| f.header.len() + f.prefixes.len() + 24 * f.series.len())
+                .sum();
+        }
         let mut out = String::with_capacity(self.last_len + self.last_len / 8 + 4096);
         for family in self.families.iter().filter(|f| !f.series.is_empty()) {
             out.push_str(&family.header);
+            let mut start = 0;
             for series in &family.series {
-                out.push_str(&series.prefix);
+                out.push_str(&family.prefixes[start..series.end]);
+                start = series.end;
                 write_value(&mut out, family.format, series.value);
                 out.push('\n');
             }
@@ -347,5 +412,40 @@ impl Sink for ProtoBuilder {
             metric.set_gauge(g);
         }
         mf.mut_metric().push(metric);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(format: Format, value: f64) -> String {
+        let mut out = String::new();
+        write_value(&mut out, format, value);
+        out
+    }
+
+    #[test]
+    fn values_are_written_as_the_standard_formatter_would() {
+        for v in [
+            0.0, 1.0, 87.0, -3.0, 412.5, 0.8, 0.123456, 1.5e9, 1.98e9, 9.9e15, 1e21, 5e-7, 0.1,
+            123456.789, -0.25, 0.0000015, 2.5e-6, 0.3333333,
+        ] {
+            assert_eq!(written(Format::Fixed6, v), format!("{v:.6}"), "{v}");
+            let int = if v.abs() < EXACT {
+                format!("{}", v.round() as i64)
+            } else {
+                format!("{v:.0}")
+            };
+            assert_eq!(written(Format::Integer, v), int, "{v}");
+            let shortest = written(Format::Shortest, v);
+            assert_eq!(shortest.parse::<f64>().unwrap(), v, "{v}");
+            if v.fract() == 0.0 && v.abs() < 1e15 {
+                assert_eq!(shortest, format!("{}", v as i64));
+            }
+        }
+        assert_eq!(written(Format::Integer, 61.0), "61");
+        assert_eq!(written(Format::Fixed6, 99.5), "99.500000");
+        assert_eq!(written(Format::Shortest, 1.98e9), "1980000000");
     }
 }
