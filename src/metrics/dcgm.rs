@@ -176,17 +176,17 @@ fn reported<'h>(
 }
 
 /// The series of one device for one field: one per sharer, or one without pod labels.
-fn device_series(
+fn device_series<'d>(
     sink: &mut impl Sink,
     view: &View<'_>,
     index: usize,
-    device: &Device<'_>,
-    sharers: &[Sharer<'_>],
+    device: &'d Device<'_>,
+    sharers: &'d [Sharer<'_>],
     xid: Option<u64>,
     value: f64,
 ) {
     let driver = view.snapshot.inventory.driver_version.as_deref();
-    let xid_labels = |l: &mut Labels<'_>| {
+    let xid_labels = |l: &mut Labels<'_, '_>| {
         if let Some(xid) = xid {
             l.add("err_code", &xid.to_string())
                 .add("err_msg", xid_message(xid));
@@ -194,7 +194,7 @@ fn device_series(
     };
     let base = (index as u64) << 32;
     if sharers.is_empty() {
-        let labels = |l: &mut Labels<'_>| {
+        let labels = |l: &mut Labels<'_, 'd>| {
             l.set(device.dcgm_labels(view.node, driver));
             xid_labels(l);
         };
@@ -203,7 +203,7 @@ fn device_series(
     }
     for (k, s) in sharers.iter().enumerate() {
         // dcgm-exporter writes these attributes in name order (err_* between them).
-        let labels = |l: &mut Labels<'_>| {
+        let labels = |l: &mut Labels<'_, 'd>| {
             if xid.is_none() {
                 l.set(s.labels.get_or_init(|| {
                     let mut set = device.dcgm_labels(view.node, driver).clone();

@@ -174,10 +174,10 @@ fn per_device(
 }
 
 /// One series per device and value of `label`.
-fn per_device_labelled(
+fn per_device_labelled<'d>(
     sink: &mut impl Sink,
     view: &View<'_>,
-    devices: &[Device<'_>],
+    devices: &'d [Device<'_>],
     def: &'static MetricDef,
     label: &str,
     values: &[(&str, Value)],
@@ -187,7 +187,7 @@ fn per_device_labelled(
         for (j, (name, value)) in values.iter().enumerate() {
             if let Some(v) = value(device).filter(|v| v.is_finite()) {
                 let id = (i * values.len() + j) as u64;
-                let labels = |l: &mut super::sink::Labels<'_>| {
+                let labels = |l: &mut super::sink::Labels<'_, 'd>| {
                     l.set(device.agent_labels(view.node)).add(label, name);
                 };
                 sink.series(id, labels, v);
@@ -197,7 +197,12 @@ fn per_device_labelled(
 }
 
 /// Every gpu-agent device family, then pod attribution.
-pub fn emit(view: &View<'_>, devices: &[Device<'_>], holders: &[Holder<'_>], sink: &mut impl Sink) {
+pub fn emit<'d>(
+    view: &View<'_>,
+    devices: &'d [Device<'_>],
+    holders: &[Holder<'_>],
+    sink: &mut impl Sink,
+) {
     for (def, value) in GAUGES_BEFORE {
         per_device(sink, view, devices, def, value);
     }
@@ -210,7 +215,7 @@ pub fn emit(view: &View<'_>, devices: &[Device<'_>], holders: &[Holder<'_>], sin
         for (j, (reason, bit)) in THROTTLE_REASONS.iter().enumerate() {
             let id = (i * THROTTLE_REASONS.len() + j) as u64;
             let on = if mask & bit != 0 { 1.0 } else { 0.0 };
-            let labels = |l: &mut super::sink::Labels<'_>| {
+            let labels = |l: &mut super::sink::Labels<'_, 'd>| {
                 l.set(device.agent_labels(view.node)).add("reason", reason);
             };
             sink.series(id, labels, on);
@@ -244,7 +249,7 @@ pub fn emit(view: &View<'_>, devices: &[Device<'_>], holders: &[Holder<'_>], sin
         let total = totals.entry(uuid.as_str()).or_default();
         *total = total.saturating_add(*count);
         if let Some(device) = by_uuid.get(uuid.as_str()) {
-            let labels = |l: &mut super::sink::Labels<'_>| {
+            let labels = |l: &mut super::sink::Labels<'_, 'd>| {
                 l.set(device.agent_labels(view.node))
                     .add("xid", &xid.to_string());
             };
@@ -263,7 +268,7 @@ pub fn emit(view: &View<'_>, devices: &[Device<'_>], holders: &[Holder<'_>], sin
     sink.family(&names::CONTAINER_ALLOCATION);
     for holder in holders {
         let held = holder.held;
-        let labels = |l: &mut super::sink::Labels<'_>| {
+        let labels = |l: &mut super::sink::Labels<'_, 'd>| {
             l.add("namespace", &held.namespace)
                 .add("pod", &held.pod)
                 .add("container", &held.container)

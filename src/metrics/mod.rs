@@ -242,20 +242,24 @@ impl Metrics {
         let node = &self.sources.handles.node;
         let naming = self.naming;
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buffer = Vec::new();
         if let Some(r) = last.as_mut() {
             if r.inputs.same(&inputs) {
                 return Ok(r.text.clone());
             }
+            buffer = reuse(std::mem::take(&mut r.text));
             if r.inputs.same_series(&inputs)
                 && families::refresh(&mut r.template, &inputs.view(node, naming))
             {
-                r.text = Bytes::from(r.template.encode());
+                r.template.encode_into(&mut buffer);
+                r.text = Bytes::from(buffer);
                 r.inputs = inputs;
                 return Ok(r.text.clone());
             }
         }
         let mut template = families::template(&inputs.view(node, naming));
-        let text = Bytes::from(template.encode());
+        template.encode_into(&mut buffer);
+        let text = Bytes::from(buffer);
         *last = Some(Rendered {
             inputs,
             template,
@@ -263,6 +267,17 @@ impl Metrics {
         });
         Ok(text)
     }
+}
+
+/// The buffer of the last text, emptied, when no response holds it any more (a scrape then
+/// allocates nothing, and the allocator keeps no stray megabytes); else a new one.
+fn reuse(last: Bytes) -> Vec<u8> {
+    if !last.is_unique() {
+        return Vec::new();
+    }
+    let mut buffer = Vec::from(last);
+    buffer.clear();
+    buffer
 }
 
 #[cfg(test)]
@@ -330,5 +345,14 @@ mod tests {
         let resampled = metrics.scrape().unwrap();
         assert_ne!(resampled.as_ptr(), counted.as_ptr());
         assert_eq!(resampled, counted);
+
+        // Once no response holds the last text, the next rendering writes into its buffer.
+        let buffer = resampled.as_ptr();
+        drop(resampled);
+        let sample = TelemetrySample::clone(&tel_tx.borrow());
+        tel_tx.send_replace(Arc::new(sample));
+        let reused = metrics.scrape().unwrap();
+        assert_eq!(reused.as_ptr(), buffer);
+        assert_eq!(reused, counted);
     }
 }

@@ -5,7 +5,8 @@
 //! The walk over the series (`super::families::emit`) is the same for all of them, so building
 //! and refreshing can never disagree about which value belongs to which series.
 
-use std::fmt::Write as _;
+use std::cell::OnceCell;
+use std::sync::Arc;
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 
@@ -18,15 +19,17 @@ pub trait Sink {
     /// A series of the current family; `id` identifies it within the family for a given
     /// snapshot and attribution (so that a refresh can tell the series set changed). Labels are a
     /// closure so that a refresh builds none.
-    fn series(&mut self, id: u64, labels: impl FnOnce(&mut Labels<'_>), value: f64);
+    fn series<'s>(&mut self, id: u64, labels: impl FnOnce(&mut Labels<'_, 's>), value: f64);
 }
 
-/// Labels rendered once and reused by many series (a device's labels).
+/// Labels rendered once and reused by many series (a device's labels). A series whose labels
+/// are exactly one set shares its text with every other such series of the template.
 #[derive(Debug, Clone, Default)]
 pub struct LabelSet {
     pairs: Vec<(&'static str, String)>,
     /// `a="x",b="y"`, escaped.
     text: String,
+    shared: OnceCell<Arc<str>>,
 }
 
 impl LabelSet {
@@ -36,42 +39,81 @@ impl LabelSet {
         }
         write_label(&mut self.text, name, value);
         self.pairs.push((name, value.to_string()));
+        self.shared = OnceCell::new();
+    }
+
+    fn shared(&self) -> Arc<str> {
+        self.shared
+            .get_or_init(|| Arc::from(self.text.as_str()))
+            .clone()
     }
 }
 
-/// The labels of one series, as they are written.
-pub struct Labels<'a>(Out<'a>);
+/// The labels of one series, as they are written (into `'o`, from sets that live for `'s`).
+pub struct Labels<'o, 's>(Out<'o, 's>);
 
-enum Out<'a> {
-    /// Text after `name{`.
-    Text(&'a mut String),
-    Pairs(&'a mut Vec<LabelPair>),
+enum Out<'o, 's> {
+    Text(TextLabels<'o, 's>),
+    Pairs(&'o mut Vec<LabelPair>),
 }
 
-impl Labels<'_> {
+/// A series' labels on their way into a family's prefix buffer: a lone [`LabelSet`] is kept
+/// shared; anything else is written as `name{…`.
+struct TextLabels<'o, 's> {
+    out: &'o mut String,
+    name: &'static str,
+    /// `name{` is in `out`.
+    started: bool,
+    /// The one set given so far, not yet written.
+    pending: Option<&'s LabelSet>,
+}
+
+impl TextLabels<'_, '_> {
+    /// Make `out` end in `name{…` with everything given so far.
+    fn materialize(&mut self) {
+        if !self.started {
+            self.out.push_str(self.name);
+            self.out.push('{');
+            self.started = true;
+        }
+        if let Some(set) = self.pending.take() {
+            self.out.push_str(&set.text);
+        }
+    }
+
+    fn comma(&mut self) {
+        if !self.out.ends_with('{') {
+            self.out.push(',');
+        }
+    }
+}
+
+impl<'s> Labels<'_, 's> {
     pub fn add(&mut self, name: &str, value: &str) -> &mut Self {
         match &mut self.0 {
-            Out::Text(out) => {
-                if !out.ends_with('{') {
-                    out.push(',');
-                }
-                write_label(out, name, value);
+            Out::Text(t) => {
+                t.materialize();
+                t.comma();
+                write_label(t.out, name, value);
             }
             Out::Pairs(pairs) => pairs.push(pair(name, value)),
         }
         self
     }
 
-    pub fn set(&mut self, set: &LabelSet) -> &mut Self {
+    pub fn set(&mut self, set: &'s LabelSet) -> &mut Self {
         match &mut self.0 {
-            Out::Text(out) => {
+            Out::Text(t) => {
                 if set.text.is_empty() {
                     return self;
                 }
-                if !out.ends_with('{') {
-                    out.push(',');
+                if !t.started && t.pending.is_none() {
+                    t.pending = Some(set);
+                    return self;
                 }
-                out.push_str(&set.text);
+                t.materialize();
+                t.comma();
+                t.out.push_str(&set.text);
             }
             Out::Pairs(pairs) => pairs.extend(set.pairs.iter().map(|(n, v)| pair(n, v))),
         }
@@ -105,32 +147,72 @@ fn write_label(out: &mut String, name: &str, value: &str) {
     out.push('"');
 }
 
+/// Where the exposition text is written: a `String`, or the byte buffer a scrape reuses.
+pub trait Text {
+    fn push_str(&mut self, s: &str);
+}
+
+impl Text for String {
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s);
+    }
+}
+
+impl Text for Vec<u8> {
+    fn push_str(&mut self, s: &str) {
+        self.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// A [`Text`] that can be sized ahead.
+pub trait Reserve {
+    /// Room for `total` bytes in all.
+    fn reserve_total(&mut self, total: usize);
+    fn written(&self) -> usize;
+}
+
+impl Reserve for String {
+    fn reserve_total(&mut self, total: usize) {
+        self.reserve(total.saturating_sub(self.len()));
+    }
+    fn written(&self) -> usize {
+        self.len()
+    }
+}
+
+impl Reserve for Vec<u8> {
+    fn reserve_total(&mut self, total: usize) {
+        self.reserve(total.saturating_sub(self.len()));
+    }
+    fn written(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Largest magnitude written through the integer paths (exact in an f64).
 const EXACT: f64 = 9.0e15;
 
 /// `value` as `format` says; non-finite values never reach here (the walk omits them). The
 /// common cases (integers, six decimals) are written by hand: a scrape writes thousands.
-fn write_value(out: &mut String, format: Format, value: f64) {
+fn write_value(out: &mut impl Text, format: Format, value: f64) {
     match format {
         Format::Integer if value.abs() < EXACT => write_int(out, value.round() as i64),
-        Format::Integer => {
-            let _ = write!(out, "{value:.0}");
-        }
+        Format::Integer => out.push_str(&format!("{value:.0}")),
         Format::Fixed6 => {
             let exact = value.abs() * 1e6;
             let scaled = exact.round();
             // Near a half the product's rounding could flip the last digit: the formatter
             // rounds the exact decimal.
             if scaled >= EXACT || ((exact - exact.trunc()) - 0.5).abs() < 1e-6 {
-                let _ = write!(out, "{value:.6}");
+                out.push_str(&format!("{value:.6}"));
                 return;
             }
             let n = scaled as u64;
             if value < 0.0 {
-                out.push('-');
+                out.push_str("-");
             }
             write_uint(out, n / 1_000_000);
-            out.push('.');
+            out.push_str(".");
             let fraction = n % 1_000_000;
             let mut digits = [b'0'; 6];
             let mut rest = fraction;
@@ -143,20 +225,18 @@ fn write_value(out: &mut String, format: Format, value: f64) {
         Format::Shortest if value.fract() == 0.0 && value.abs() < EXACT => {
             write_int(out, value as i64)
         }
-        Format::Shortest => {
-            let _ = write!(out, "{value}");
-        }
+        Format::Shortest => out.push_str(&format!("{value}")),
     }
 }
 
-fn write_int(out: &mut String, value: i64) {
+fn write_int(out: &mut impl Text, value: i64) {
     if value < 0 {
-        out.push('-');
+        out.push_str("-");
     }
     write_uint(out, value.unsigned_abs());
 }
 
-fn write_uint(out: &mut String, mut value: u64) {
+fn write_uint(out: &mut impl Text, mut value: u64) {
     let mut buf = [0u8; 20];
     let mut at = buf.len();
     loop {
@@ -190,9 +270,16 @@ struct TextFamily {
 
 struct TextSeries {
     id: u64,
-    /// Where its prefix ends in `prefixes` (it starts where the previous one's ends).
-    end: usize,
+    prefix: Prefix,
     value: f64,
+}
+
+/// A series' text before its value.
+enum Prefix {
+    /// `name{labels} ` at `start..end` of the family's `prefixes`.
+    Own { start: usize, end: usize },
+    /// Labels shared with other series: `name{` + these + `} `.
+    Shared(Arc<str>),
 }
 
 /// The exposition text of a series set: each series' name and labels rendered once, values
@@ -242,25 +329,40 @@ impl Sink for TextBuilder {
         });
     }
 
-    fn series(&mut self, id: u64, labels: impl FnOnce(&mut Labels<'_>), value: f64) {
+    fn series<'s>(&mut self, id: u64, labels: impl FnOnce(&mut Labels<'_, 's>), value: f64) {
         let Some(family) = self.families.last_mut() else {
             return;
         };
-        let prefix = &mut family.prefixes;
-        prefix.push_str(family.name);
-        prefix.push('{');
-        labels(&mut Labels(Out::Text(prefix)));
-        if prefix.ends_with('{') {
-            prefix.pop();
-        } else {
-            prefix.push('}');
-        }
-        prefix.push(' ');
-        family.series.push(TextSeries {
-            id,
-            end: prefix.len(),
-            value,
-        });
+        let start = family.prefixes.len();
+        let mut written = Labels(Out::Text(TextLabels {
+            out: &mut family.prefixes,
+            name: family.name,
+            started: false,
+            pending: None,
+        }));
+        labels(&mut written);
+        let Out::Text(t) = written.0 else {
+            return;
+        };
+        let prefix = match (t.started, t.pending) {
+            (false, Some(set)) => Prefix::Shared(set.shared()),
+            (false, None) => {
+                t.out.push_str(family.name);
+                t.out.push(' ');
+                Prefix::Own {
+                    start,
+                    end: t.out.len(),
+                }
+            }
+            (true, _) => {
+                t.out.push_str("} ");
+                Prefix::Own {
+                    start,
+                    end: t.out.len(),
+                }
+            }
+        };
+        family.series.push(TextSeries { id, prefix, value });
     }
 }
 
@@ -299,7 +401,7 @@ impl Sink for Refresher<'_> {
         }
     }
 
-    fn series(&mut self, id: u64, _labels: impl FnOnce(&mut Labels<'_>), value: f64) {
+    fn series<'s>(&mut self, id: u64, _labels: impl FnOnce(&mut Labels<'_, 's>), value: f64) {
         if !self.same {
             return;
         }
@@ -344,27 +446,49 @@ impl Template {
 
     /// The text exposition of the non-empty families.
     pub fn encode(&mut self) -> String {
+        let mut out = String::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// The same, written into `out` (a buffer reused from the last scrape, cleared).
+    pub fn encode_into<T: Text + Reserve>(&mut self, out: &mut T) {
         if self.last_len == 0 {
             // Labels, headers, and ~24 bytes per value.
             self.last_len = self
                 .families
                 .iter()
-                .map(|f| f.header.len() + f.prefixes.len() + 24 * f.series.len())
+                .map(|f| {
+                    let shared: usize = f
+                        .series
+                        .iter()
+                        .map(|s| match &s.prefix {
+                            Prefix::Shared(labels) => f.name.len() + labels.len() + 3,
+                            Prefix::Own { .. } => 0,
+                        })
+                        .sum();
+                    f.header.len() + f.prefixes.len() + shared + 24 * f.series.len()
+                })
                 .sum();
         }
-        let mut out = String::with_capacity(self.last_len + self.last_len / 8 + 4096);
+        out.reserve_total(self.last_len + self.last_len / 8 + 4096);
         for family in self.families.iter().filter(|f| !f.series.is_empty()) {
             out.push_str(&family.header);
-            let mut start = 0;
             for series in &family.series {
-                out.push_str(&family.prefixes[start..series.end]);
-                start = series.end;
-                write_value(&mut out, family.format, series.value);
-                out.push('\n');
+                match &series.prefix {
+                    Prefix::Own { start, end } => out.push_str(&family.prefixes[*start..*end]),
+                    Prefix::Shared(labels) => {
+                        out.push_str(family.name);
+                        out.push_str("{");
+                        out.push_str(labels);
+                        out.push_str("} ");
+                    }
+                }
+                write_value(out, family.format, series.value);
+                out.push_str("\n");
             }
         }
-        self.last_len = out.len();
-        out
+        self.last_len = out.written();
     }
 
     /// Series in the template.
@@ -395,7 +519,7 @@ impl Sink for ProtoBuilder {
         self.families.push(mf);
     }
 
-    fn series(&mut self, _id: u64, labels: impl FnOnce(&mut Labels<'_>), value: f64) {
+    fn series<'s>(&mut self, _id: u64, labels: impl FnOnce(&mut Labels<'_, 's>), value: f64) {
         let Some(mf) = self.families.last_mut() else {
             return;
         };
