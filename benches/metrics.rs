@@ -1,7 +1,9 @@
-//! `/metrics` render time on a big node: 8 GPUs × 7 MIG devices, 200 attributed containers.
-//! Target: p99 ≤ 1 ms. Prints p50 / p99 / max over 5 000 runs of: a render from scratch (after a
-//! snapshot or attribution change), the usual scrape (a new telemetry sample: values written into
-//! the last families), and a scrape with unchanged inputs; then runs criterion on the first two.
+//! `/metrics` render time on a big node: 8 GPUs × 7 MIG devices, 200 attributed containers,
+//! every telemetry field (dcgm-exporter's default list and GPM profiling) on every device.
+//! Target: p99 ≤ 1 ms. For each naming (`gpu-agent`, `dcgm`, `both`), prints p50 / p99 / max
+//! over 5 000 runs of: a render from scratch (after a snapshot or attribution change), the usual
+//! scrape (a new telemetry sample: values written into the last template), and a scrape with
+//! unchanged inputs; then runs criterion on the first two.
 //!
 //! `cargo bench --bench metrics`
 
@@ -16,7 +18,7 @@ use gpu_agent::agent::{AgentStats, Handles};
 use gpu_agent::gpu::mock::MockBackend;
 use gpu_agent::gpu::GpuBackend;
 use gpu_agent::health::watcher::XidCounts;
-use gpu_agent::metrics::{Metrics, Sources};
+use gpu_agent::metrics::{Metrics, Naming, Sources};
 use gpu_agent::plugin::StatusBoard;
 use gpu_agent::podresources::{self, PodAllocations};
 use gpu_agent::telemetry::TelemetrySample;
@@ -82,7 +84,8 @@ fn percentiles(metrics: &Metrics, telemetry: &watch::Sender<Arc<TelemetrySample>
     let text = metrics.render().expect("render");
     let series = text.lines().filter(|l| !l.starts_with('#')).count();
     println!(
-        "/metrics, {} GPUs x {} MIG devices, {} containers: {} series, {} bytes (target: p99 <= 1ms)",
+        "/metrics --metrics-names {:?}, {} GPUs x {} MIG devices, {} containers: {} series, {} bytes (target: p99 <= 1ms)",
+        metrics.naming(),
         common::GPUS,
         common::MIGS_PER_GPU,
         common::CONTAINERS,
@@ -121,23 +124,26 @@ fn percentiles(metrics: &Metrics, telemetry: &watch::Sender<Arc<TelemetrySample>
 }
 
 fn main() {
-    let (sources, telemetry) = sources();
-    let metrics = Metrics::new(sources).expect("metrics");
-    percentiles(&metrics, &telemetry);
+    let namings = [Naming::GpuAgent, Naming::Dcgm, Naming::Both];
     let mut c = Criterion::default().configure_from_args();
-    c.bench_function(
-        "/metrics from scratch (8 GPUs x 7 MIG, 200 containers)",
-        |b| b.iter(|| black_box(metrics.render().expect("render"))),
-    );
-    let sample = telemetry.borrow().clone();
-    c.bench_function(
-        "/metrics after a new sample (8 GPUs x 7 MIG, 200 containers)",
-        |b| {
-            b.iter(|| {
-                telemetry.send_replace(Arc::new(TelemetrySample::clone(&sample)));
-                black_box(metrics.scrape().expect("scrape"))
-            })
-        },
-    );
+    for naming in namings {
+        let (sources, telemetry) = sources();
+        let metrics = Metrics::with_naming(sources, naming).expect("metrics");
+        percentiles(&metrics, &telemetry);
+        c.bench_function(
+            &format!("/metrics {naming:?} from scratch (8 GPUs x 7 MIG, 200 containers)"),
+            |b| b.iter(|| black_box(metrics.render().expect("render"))),
+        );
+        let sample = telemetry.borrow().clone();
+        c.bench_function(
+            &format!("/metrics {naming:?} after a new sample (8 GPUs x 7 MIG, 200 containers)"),
+            |b| {
+                b.iter(|| {
+                    telemetry.send_replace(Arc::new(TelemetrySample::clone(&sample)));
+                    black_box(metrics.scrape().expect("scrape"))
+                })
+            },
+        );
+    }
     c.final_summary();
 }

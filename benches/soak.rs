@@ -14,7 +14,10 @@
 //!    SCRAPES / ALLOCATIONS of them (default 10 000 Allocates); RSS every 10 %, then peak
 //!    (the kernel's VmHWM) and final. The allocation counter in `/metrics` must match.
 //!
-//! `cargo bench --bench soak` (SCRAPES, ALLOCATIONS, STARTS to change the counts)
+//! The fixture has every telemetry field on every device (dcgm-exporter's default list and GPM
+//! profiling); NAMES (`gpu-agent`, the default, `dcgm` or `both`) picks `--metrics-names`.
+//!
+//! `cargo bench --bench soak` (SCRAPES, ALLOCATIONS, STARTS to change the counts; NAMES)
 
 mod common;
 
@@ -151,6 +154,11 @@ fn scrape(addr: &str) -> String {
         .unwrap_or_default()
 }
 
+/// `--metrics-names` for the soak: NAMES, else gpu-agent's.
+fn names() -> String {
+    std::env::var("NAMES").unwrap_or_else(|_| "gpu-agent".to_string())
+}
+
 fn spawn_agent(dir: &Path, addr: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
         .arg("run")
@@ -171,6 +179,8 @@ fn spawn_agent(dir: &Path, addr: &str) -> Child {
             "",
             "--collect-interval",
             "100ms",
+            "--metrics-names",
+            &names(),
         ])
         // The default log level (info: a line per Allocate), written to /dev/null.
         .env_remove("RUST_LOG")
@@ -246,7 +256,10 @@ fn main() {
     let addr = format!("127.0.0.1:{port}");
 
     // 1. Start -> registered.
-    println!("start -> Register call at the test kubelet ({starts} starts, release binary, mock backend, 8 GPUs x 7 MIG x 4 replicas):");
+    println!(
+        "start -> Register call at the test kubelet ({starts} starts, release binary, mock backend, 8 GPUs x 7 MIG x 4 replicas, --metrics-names {}):",
+        names()
+    );
     let mut start_times = Vec::new();
     for _ in 0..starts {
         let started = Instant::now();
@@ -297,11 +310,16 @@ fn main() {
     let mut text;
     loop {
         text = scrape(&addr);
-        let attributed = text
+        // gpu-agent's allocation series, or dcgm's device series carrying a pod.
+        let ours = text
             .lines()
             .filter(|l| l.starts_with("gpu_container_allocation{"))
             .count();
-        if attributed == common::CONTAINERS {
+        let dcgm = text
+            .lines()
+            .filter(|l| l.starts_with("DCGM_FI_DEV_SM_CLOCK{") && l.contains(",pod=\""))
+            .count();
+        if ours.max(dcgm) == common::CONTAINERS {
             break;
         }
         assert!(

@@ -315,6 +315,16 @@ pub struct RunArgs {
         value_name = "ADDR"
     )]
     pub metrics_addr: String,
+    /// Metric names on /metrics: gpu-agent's own, dcgm-exporter's (DCGM_FI_*), or both side by
+    /// side; the agent's gpu_agent_* metrics under every naming.
+    #[arg(
+        long,
+        env = "GPU_AGENT_METRICS_NAMES",
+        value_enum,
+        default_value = "gpu-agent",
+        value_name = "NAMES"
+    )]
+    pub metrics_names: crate::metrics::Naming,
     /// Node Feature Discovery feature file to write labels to ("" disables).
     #[arg(
         long,

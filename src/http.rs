@@ -1,4 +1,5 @@
-//! The HTTP side (`--metrics-addr`): `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP side (`--metrics-addr`): `/metrics`, `/healthz` (and `/health`, dcgm-exporter's
+//! path), `/readyz`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        // dcgm-exporter's liveness path, for probes written against it.
+        .route("/health", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
 }

@@ -1,6 +1,7 @@
 //! The Grafana dashboard (daemonset/dashboards/gpu-agent.json) parses, has a node variable, and
-//! queries only metrics the agent exports; `promtool check rules` parses every query when
-//! promtool is installed.
+//! queries only metrics the agent exports; its joins survive two scrape jobs and every panel
+//! honours `$node`; `promtool check rules` parses every query when promtool is installed.
+//! (tests/prometheus.rs runs the queries in a real Prometheus scraping the agent twice.)
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -107,6 +108,69 @@ fn dashboard_queries_only_exported_metrics() {
     assert!(all
         .iter()
         .any(|q| q.contains("gpu_container_allocation") && q.contains("on(uuid)")));
+}
+
+/// The text after `marker(...)` in `query`, each time it occurs.
+fn after_call<'q>(query: &'q str, marker: &str) -> Vec<&'q str> {
+    query
+        .match_indices(marker)
+        .filter_map(|(at, _)| {
+            let rest = &query[at + marker.len()..];
+            let close = rest.find(')')?;
+            Some(rest[close + 1..].trim_start())
+        })
+        .collect()
+}
+
+#[test]
+fn joins_aggregate_both_sides_so_two_scrape_jobs_do_not_break_them() {
+    // Scraped by two jobs (the Service annotations and the ServiceMonitor), every device series
+    // exists twice, differing in `job`: the side of a join that is matched "one" must be
+    // aggregated to the join labels, or Prometheus answers "many-to-many matching not allowed".
+    let mut all = Vec::new();
+    queries(&dashboard(), &mut all);
+    let joins: Vec<&String> = all.iter().filter(|q| q.contains("group_left")).collect();
+    assert!(joins.len() >= 5, "{joins:?}");
+    for q in joins {
+        for right in after_call(q, "group_left(") {
+            assert!(
+                right.starts_with("max by (uuid"),
+                "the right side of the join is not aggregated by uuid: {q}"
+            );
+        }
+        if q.starts_with("max by (namespace, pod, uuid) (gpu_container_allocation)") {
+            continue;
+        }
+        assert!(
+            q.contains("max by (namespace, pod, container")
+                || q.starts_with("count(count by (namespace, pod, container)"),
+            "the allocation side is not aggregated: {q}"
+        );
+    }
+}
+
+#[test]
+fn every_panel_honours_the_node_variable() {
+    // Agent metrics carry `node` from the scrape (the ServiceMonitor's relabeling), device
+    // metrics from the agent: every selector of either filters on it.
+    let d = dashboard();
+    for panel in d["panels"].as_array().unwrap() {
+        let mut exprs = Vec::new();
+        queries(panel, &mut exprs);
+        for q in exprs {
+            for id in identifiers(&q) {
+                if id == "gpu_container_allocation" || names::find(&id).is_none() {
+                    continue; // Joined to a node-filtered side; labels.
+                }
+                let selector = format!("{id}{{node=~\"$node\"");
+                assert!(
+                    q.contains(&selector),
+                    "panel {:?}: {id} without node=~\"$node\": {q}",
+                    panel["title"]
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -2,23 +2,17 @@
 //! backend, over real HTTP and real unix sockets (SPEC.md section 6).
 
 mod common;
+#[path = "common/exposition.rs"]
+mod exposition;
+#[path = "common/pods.rs"]
+mod pods;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use gpu_agent::proto::podresources_v1::{
-    pod_resources_lister_server::{PodResourcesLister, PodResourcesListerServer},
-    AllocatableResourcesRequest, AllocatableResourcesResponse, ContainerDevices,
-    ContainerResources, GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest,
-    ListPodResourcesResponse, PodResources,
-};
-use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::{Request, Response, Status};
+use gpu_agent::proto::podresources_v1::ListPodResourcesResponse;
+use pods::{pod, serve_pod_resources, PodResourcesStub};
 
 const GPU0: &str = "GPU-00000000-1111-2222-3333-000000000000";
 const GPU1: &str = "GPU-00000000-1111-2222-3333-000000000001";
@@ -33,7 +27,7 @@ cudaDriverVersion: "13.0"
 gpus:
   - model: NVIDIA H100 80GB HBM3
     uuid: {GPU0}
-    telemetry: {{utilizationPercent: {gpu0_utilization}, memoryUsedMiB: 40000, temperatureCelsius: 61, powerWatts: 412.5}}
+    telemetry: {{utilizationPercent: {gpu0_utilization}, memoryUsedMiB: 40000, memoryReservedMiB: 559, temperatureCelsius: 61, memoryClockMhz: 2619, energyMillijoules: 123456789, eccUncorrectedTotal: 1, clockThrottleReasons: 0x44, profiling: {{smActive: 0.75, pcieRxBytesPerSecond: 2.5e9}}, powerWatts: 412.5}}
   - model: NVIDIA H100 80GB HBM3
     uuid: {GPU1}
     telemetry: {{utilizationPercent: 5, memoryUsedMiB: 1024, temperatureCelsius: 40, powerWatts: 90}}
@@ -47,49 +41,15 @@ gpus:
 /// One sample: (metric name, labels, value).
 type Sample = (String, BTreeMap<String, String>, f64);
 
-/// Parse the text exposition (enough of it for our own output: no escapes beyond `\"`).
+/// Parse the text exposition.
 fn parse(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (series, value) = line.rsplit_once(' ').expect("sample line");
-        let value: f64 = value.parse().expect("sample value");
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), BTreeMap::new()),
-            Some((name, rest)) => {
-                let body = rest.strip_suffix('}').expect("closing brace");
-                let mut labels = BTreeMap::new();
-                let mut rest = body;
-                while !rest.is_empty() {
-                    let (key, after) = rest.split_once("=\"").expect("label");
-                    let mut value = String::new();
-                    let mut chars = after.char_indices();
-                    let mut end = after.len();
-                    while let Some((i, c)) = chars.next() {
-                        match c {
-                            '\\' => {
-                                if let Some((_, n)) = chars.next() {
-                                    value.push(n)
-                                }
-                            }
-                            '"' => {
-                                end = i + 1;
-                                break;
-                            }
-                            c => value.push(c),
-                        }
-                    }
-                    labels.insert(key.to_string(), value);
-                    rest = after[end..].trim_start_matches(',');
-                }
-                (name.to_string(), labels)
-            }
-        };
-        out.push((name, labels, value));
-    }
-    out
+    exposition::parse(text)
+        .into_iter()
+        .map(|s| {
+            let labels = s.labels_map();
+            (s.name, labels, s.value)
+        })
+        .collect()
 }
 
 fn find<'a>(samples: &'a [Sample], name: &str, label: (&str, &str)) -> Option<&'a Sample> {
@@ -113,38 +73,16 @@ async fn scrape_until(addr: &str, what: &str, check: impl Fn(&[Sample]) -> bool)
     found.unwrap_or_default()
 }
 
-/// `promtool check metrics` on `text` when promtool is installed (`.ci/run` installs it).
+/// `promtool check metrics` on `text` finds nothing to complain about (when promtool is
+/// installed: `.ci/run` installs it).
 fn promtool_check(text: &str) {
-    use std::io::Write;
-    let child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            println!("SKIPPED promtool check: promtool not runnable ({e}); install Debian's `prometheus` package");
-            return;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics complained:\n{report}\n--- scrape ---\n{text}"
-    );
+    if let Some(complaints) = exposition::promtool_check(text) {
+        assert!(
+            complaints.is_empty(),
+            "promtool check metrics complained:\n{}\n--- scrape ---\n{text}",
+            complaints.join("\n")
+        );
+    }
 }
 
 #[tokio::test]
@@ -184,6 +122,61 @@ async fn scrape_reports_the_fixture_and_follows_its_edits() {
     assert_eq!(value(&samples, "gpu_temperature_celsius", GPU1), Some(40.0));
     assert_eq!(value(&samples, "gpu_power_watts", GPU0), Some(412.5));
     assert_eq!(value(&samples, "gpu_healthy", GPU1), Some(1.0));
+    // The fields added for dcgm-exporter's list, in SI units.
+    assert_eq!(
+        value(&samples, "gpu_memory_reserved_bytes", GPU0),
+        Some(559.0 * 1048576.0)
+    );
+    assert_eq!(
+        value(&samples, "gpu_memory_free_bytes", GPU0),
+        Some(total - (40000.0 + 559.0) * 1048576.0)
+    );
+    assert_eq!(
+        value(&samples, "gpu_memory_clock_hertz", GPU0),
+        Some(2.619e9)
+    );
+    assert_eq!(
+        value(&samples, "gpu_energy_joules_total", GPU0),
+        Some(123456.789)
+    );
+    assert_eq!(
+        value(&samples, "gpu_prof_sm_active_ratio", GPU0),
+        Some(0.75)
+    );
+    assert_eq!(
+        value(&samples, "gpu_prof_pcie_rx_bytes_per_second", GPU0),
+        Some(2.5e9)
+    );
+    let labelled = |name: &str, label: (&str, &str)| {
+        samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && l["uuid"] == GPU0
+                    && l.get(label.0).map(String::as_str) == Some(label.1)
+            })
+            .map(|s| s.2)
+    };
+    assert_eq!(
+        labelled("gpu_ecc_errors_total", ("type", "uncorrected")),
+        Some(1.0)
+    );
+    assert_eq!(
+        labelled("gpu_clock_throttled", ("reason", "hw_thermal_slowdown")),
+        Some(1.0)
+    );
+    assert_eq!(
+        labelled("gpu_clock_throttled", ("reason", "gpu_idle")),
+        Some(0.0)
+    );
+    // Every GPU and MIG device has its XID totals, at 0 before any XID: an alert on
+    // increase() sees the first one.
+    for name in ["gpu_xid_events_total", "gpu_xid_critical_errors_total"] {
+        let at_zero: Vec<&Sample> = samples.iter().filter(|s| s.0 == name).collect();
+        assert_eq!(at_zero.len(), 3 + 2, "{name}: {at_zero:?}");
+        assert!(at_zero.iter().all(|s| s.2 == 0.0), "{name}: {at_zero:?}");
+    }
+    assert!(!samples.iter().any(|s| s.0 == "gpu_xid_errors_total"));
 
     // MIG devices: parent, profile and instance id; memory, no utilization / power / temperature.
     let migs: Vec<&Sample> = samples
@@ -233,13 +226,22 @@ async fn scrape_reports_the_fixture_and_follows_its_edits() {
         1,
     );
     replace_file(&fixture_path, &edited);
-    scrape_until(&addr, "the edited utilization and the XID", |s| {
+    let text = scrape_until(&addr, "the edited utilization and the XID", |s| {
         value(s, "gpu_utilization_percent", GPU0) == Some(12.0)
             && s.iter().any(|(n, l, v)| {
                 n == "gpu_xid_errors_total" && l["uuid"] == GPU0 && l["xid"] == "13" && *v == 1.0
             })
     })
     .await;
+    let samples = parse(&text);
+    assert_eq!(value(&samples, "gpu_xid_events_total", GPU0), Some(1.0));
+    assert_eq!(
+        value(&samples, "gpu_xid_critical_errors_total", GPU0),
+        Some(0.0),
+        "XID 13 is an application fault, ignored by default"
+    );
+    assert_eq!(value(&samples, "gpu_xid_events_total", GPU1), Some(0.0));
+    promtool_check(&text);
 
     // The absent socket was reported once, not every interval.
     let logs = agent.logs();
@@ -261,6 +263,18 @@ async fn readyz_follows_registration_and_healthz_is_always_up() {
         matches!(http_get(&addr, "/healthz"), Some((200, _)))
     })
     .await;
+    // dcgm-exporter's liveness path answers the same.
+    assert_eq!(http_get(&addr, "/health"), http_get(&addr, "/healthz"));
+    let registered = |addr: &str| {
+        let text = scrape(addr).unwrap();
+        find(
+            &parse(&text),
+            "gpu_agent_resource_registered",
+            ("resource", "nvidia.com/gpu"),
+        )
+        .map(|s| s.2)
+    };
+    assert_eq!(registered(&addr), Some(0.0));
     // No kubelet yet: not ready, and the body says which resource waits.
     let (status, body) = http_get(&addr, "/readyz").unwrap();
     assert_eq!(status, 503, "{body}");
@@ -273,6 +287,7 @@ async fn readyz_follows_registration_and_healthz_is_always_up() {
         matches!(http_get(&addr, "/readyz"), Some((200, _)))
     })
     .await;
+    assert_eq!(registered(&addr), Some(1.0), "as /readyz says");
     let registrations = |addr: &str| {
         let text = scrape(addr).unwrap();
         find(
@@ -290,6 +305,7 @@ async fn readyz_follows_registration_and_healthz_is_always_up() {
         matches!(http_get(&addr, "/readyz"), Some((503, _)))
     })
     .await;
+    assert_eq!(registered(&addr), Some(0.0));
     assert!(matches!(http_get(&addr, "/healthz"), Some((200, _))));
     kubelet.serve();
     eventually("/readyz 200 again", || {
@@ -297,71 +313,6 @@ async fn readyz_follows_registration_and_healthz_is_always_up() {
     })
     .await;
     assert_eq!(registrations(&addr), Some(2.0));
-}
-
-/// A pod-resources server that answers `List` with whatever the test put in.
-#[derive(Clone, Default)]
-struct PodResourcesStub {
-    answer: Arc<Mutex<ListPodResourcesResponse>>,
-    /// Answer RESOURCE_EXHAUSTED, as a kubelet over its rate limit does.
-    exhausted: Arc<std::sync::atomic::AtomicBool>,
-    calls: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[tonic::async_trait]
-impl PodResourcesLister for PodResourcesStub {
-    async fn list(
-        &self,
-        _: Request<ListPodResourcesRequest>,
-    ) -> Result<Response<ListPodResourcesResponse>, Status> {
-        use std::sync::atomic::Ordering;
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.exhausted.load(Ordering::SeqCst) {
-            return Err(Status::resource_exhausted("rate limit exceeded"));
-        }
-        Ok(Response::new(self.answer.lock().unwrap().clone()))
-    }
-    async fn get_allocatable_resources(
-        &self,
-        _: Request<AllocatableResourcesRequest>,
-    ) -> Result<Response<AllocatableResourcesResponse>, Status> {
-        Err(Status::unimplemented("not in this stub"))
-    }
-    async fn get(
-        &self,
-        _: Request<GetPodResourcesRequest>,
-    ) -> Result<Response<GetPodResourcesResponse>, Status> {
-        Err(Status::unimplemented("not in this stub"))
-    }
-}
-
-fn serve_pod_resources(path: &Path, stub: PodResourcesStub) {
-    let listener = UnixListener::bind(path).expect("bind pod-resources socket");
-    tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(PodResourcesListerServer::new(stub))
-            .serve_with_incoming(UnixListenerStream::new(listener))
-            .await;
-    });
-}
-
-fn pod(namespace: &str, name: &str, containers: &[(&str, &str, &[String])]) -> PodResources {
-    PodResources {
-        name: name.into(),
-        namespace: namespace.into(),
-        containers: containers
-            .iter()
-            .map(|(container, resource, ids)| ContainerResources {
-                name: (*container).into(),
-                devices: vec![ContainerDevices {
-                    resource_name: (*resource).into(),
-                    device_ids: ids.to_vec(),
-                    topology: None,
-                }],
-                ..Default::default()
-            })
-            .collect(),
-    }
 }
 
 #[tokio::test]

@@ -14,15 +14,35 @@ pub const MIGS_PER_GPU: usize = 7;
 pub const CONTAINERS: usize = 200;
 pub const RESOURCE: &str = "nvidia.com/mig-1g.10gb";
 
-/// The fixture: full telemetry on the GPUs, memory on the MIG devices.
+/// Every telemetry key of a GPU (the full field set of dcgm-exporter's default list, GPM
+/// profiling included), GPU `i`'s values.
+fn gpu_telemetry(i: usize) -> String {
+    format!(
+        "{{utilizationPercent: {u}, memoryCopyUtilizationPercent: 31, encoderUtilizationPercent: 2, decoderUtilizationPercent: 3, \
+         memoryUsedMiB: {m}, memoryReservedMiB: 559, temperatureCelsius: 60, memoryTemperatureCelsius: 68, powerWatts: 400.5, \
+         energyMillijoules: 987654321, smClockMhz: 1980, memoryClockMhz: 2619, pcieReplayCount: 1, nvlinkBytesTotal: 123456789012, \
+         eccCorrectedTotal: 4, eccUncorrectedTotal: 0, remappedRowsCorrectable: 1, remappedRowsUncorrectable: 0, rowRemapFailure: false, \
+         clockThrottleReasons: 4, vgpuLicenseStatus: 0, profiling: {PROFILING}}}",
+        u = 10 + i,
+        m = 1000 * (i + 1),
+    )
+}
+
+/// GPM profiling, every key.
+const PROFILING: &str = "{grEngineActive: 0.81, smActive: 0.77, smOccupancy: 0.42, tensorActive: 0.35, fp64Active: 0.01, fp32Active: 0.22, fp16Active: 0.3, dramActive: 0.55, pcieTxBytesPerSecond: 1.2e9, pcieRxBytesPerSecond: 3.4e9, nvlinkTxBytesPerSecond: 5.6e10, nvlinkRxBytesPerSecond: 7.8e10}";
+
+/// The fixture: every telemetry key on the GPUs, memory and profiling on the MIG devices.
 pub fn fixture() -> String {
     let mut text = String::from("node: bench-node\ndriverVersion: \"580.95.05\"\ngpus:\n");
+    let mig = format!(
+        "{{profile: 1g.10gb, telemetry: {{memoryUsedMiB: 512, memoryReservedMiB: 16, profiling: {PROFILING}}}}}"
+    );
     for i in 0..GPUS {
         text.push_str(&format!(
-            "  - model: NVIDIA H100 80GB HBM3\n    telemetry: {{utilizationPercent: {u}, memoryUsedMiB: {m}, temperatureCelsius: 60, powerWatts: 400.5, smClockMhz: 1980, memoryClockMhz: 2619}}\n    mig: {{devices: [{d}]}}\n",
-            u = 10 + i,
-            m = 1000 * (i + 1),
-            d = ["{profile: 1g.10gb, memoryUsedMiB: 512}"; MIGS_PER_GPU].join(", ")
+            "  - model: NVIDIA H100 80GB HBM3\n    pciBusId: \"0000:{b:02x}:00.0\"\n    telemetry: {t}\n    mig: {{devices: [{d}]}}\n",
+            b = 0x18 + i * 0x10,
+            t = gpu_telemetry(i),
+            d = [mig.as_str(); MIGS_PER_GPU].join(", ")
         ));
     }
     text

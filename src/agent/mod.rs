@@ -232,11 +232,14 @@ fn spawn_metrics(
     let state = HttpState {
         snapshots: handles.snapshots.clone(),
         status: handles.status.clone(),
-        metrics: Metrics::new(Sources {
-            handles,
-            telemetry: telemetry_cache,
-            pods: pods_cache,
-        })
+        metrics: Metrics::with_naming(
+            Sources {
+                handles,
+                telemetry: telemetry_cache,
+                pods: pods_cache,
+            },
+            args.metrics_names,
+        )
         .map_err(|e| Fatal::Other(format!("cannot set up metrics: {e}")))?,
     };
     Ok(tokio::spawn(http::serve(listener, state, shutdown)))

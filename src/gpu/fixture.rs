@@ -5,9 +5,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+mod telemetry;
+
 use super::ids::{mock_gpu_uuid, mock_mig_uuid};
 use super::mig_profiles;
-use super::{DeviceTelemetry, Gpu, Inventory, MigDevice, Telemetry};
+use super::{Gpu, Inventory, MigDevice, Telemetry};
+use telemetry::{check_telemetry, TelemetryEntry};
+pub use telemetry::{has_gpm, idle};
 
 /// The built-in node used when no fixture is given: 8 × H100 80GB HBM3, NVLink all-to-all.
 pub const DEFAULT_FIXTURE: &str = include_str!("../../fixtures/default-h100x8.yaml");
@@ -80,22 +84,24 @@ struct MigEntry {
     devices: Vec<MigDeviceEntry>,
 }
 
-/// `3g.40gb` or `{profile: 3g.40gb, memoryUsedMiB: 1200, xids: []}`.
+/// `3g.40gb` or `{profile: 3g.40gb, memoryUsedMiB: 1200, xids: [], telemetry: {…}}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum MigDeviceEntry {
     Name(String),
-    Detailed(MigDeviceDetail),
+    Detailed(Box<MigDeviceDetail>),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct MigDeviceDetail {
     profile: String,
+    /// Same as `telemetry.memoryUsedMiB` (the older spelling).
     #[serde(rename = "memoryUsedMiB")]
     memory_used_mib: Option<u64>,
     #[serde(default)]
     xids: Vec<u64>,
+    telemetry: Option<TelemetryEntry>,
 }
 
 impl MigDeviceEntry {
@@ -106,22 +112,6 @@ impl MigDeviceEntry {
         }
     }
 }
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct TelemetryEntry {
-    utilization_percent: Option<f64>,
-    #[serde(rename = "memoryUsedMiB")]
-    memory_used_mib: Option<u64>,
-    temperature_celsius: Option<f64>,
-    power_watts: Option<f64>,
-    sm_clock_mhz: Option<f64>,
-    memory_clock_mhz: Option<f64>,
-}
-
-/// Telemetry of a GPU whose fixture entry has no `telemetry:`: an idle GPU.
-const IDLE_TEMPERATURE_CELSIUS: f64 = 34.0;
-const IDLE_POWER_WATTS: f64 = 70.0;
 
 /// Parse and validate fixture text. On failure every problem found is returned.
 pub fn parse(text: &str) -> Result<Fixture, Vec<FixtureError>> {
@@ -209,7 +199,13 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
         }
 
         let telemetry = entry.telemetry.unwrap_or_default();
-        check_telemetry(&path, &telemetry, memory_mib, &mut errors);
+        check_telemetry(
+            &format!("{path}.telemetry"),
+            &telemetry,
+            memory_mib,
+            &mut errors,
+        );
+        let gpm = has_gpm(&entry.model);
 
         let mut gpu = Gpu {
             index,
@@ -237,7 +233,7 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
                 Some(spec) => {
                     gpu.mig_devices = mig_devices(
                         &format!("{path}.mig.devices"),
-                        &uuid,
+                        (&uuid, gpm),
                         spec,
                         mig.devices,
                         &mut fixture,
@@ -247,23 +243,9 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
             }
         }
 
-        fixture.telemetry.insert(
-            uuid.clone(),
-            DeviceTelemetry {
-                utilization_percent: Some(telemetry.utilization_percent.unwrap_or(0.0)),
-                memory_used_mib: Some(telemetry.memory_used_mib.unwrap_or(0)),
-                memory_total_mib: Some(memory_mib),
-                temperature_celsius: Some(
-                    telemetry
-                        .temperature_celsius
-                        .unwrap_or(IDLE_TEMPERATURE_CELSIUS),
-                ),
-                power_watts: Some(telemetry.power_watts.unwrap_or(IDLE_POWER_WATTS)),
-                sm_clock_mhz: telemetry.sm_clock_mhz,
-                memory_clock_mhz: telemetry.memory_clock_mhz,
-                ..DeviceTelemetry::default()
-            },
-        );
+        fixture
+            .telemetry
+            .insert(uuid.clone(), telemetry.gpu(memory_mib, gpm));
         if !entry.xids.is_empty() {
             fixture.gpu_xids.insert(uuid.clone(), entry.xids);
         }
@@ -282,11 +264,11 @@ fn build(doc: FixtureDoc) -> Result<Fixture, Vec<FixtureError>> {
     }
 }
 
-/// The MIG devices of the GPU `gpu_uuid`, placed on `spec` as listed at `path`
+/// The MIG devices of the GPU `gpu_uuid` (with GPM or not), placed on `spec` as listed at `path`
 /// (`gpus[i].mig.devices`); their telemetry and XIDs go into `fixture`, problems into `errors`.
 fn mig_devices(
     path: &str,
-    gpu_uuid: &str,
+    (gpu_uuid, gpm): (&str, bool),
     spec: &mig_profiles::ModelSpec,
     devices: Vec<MigDeviceEntry>,
     fixture: &mut Fixture,
@@ -304,24 +286,25 @@ fn mig_devices(
     for (i, (device, placement)) in devices.into_iter().zip(placements).enumerate() {
         let uuid = mock_mig_uuid(gpu_uuid, placement.gpu_instance_id);
         let memory = placement.profile.memory_mib;
-        let (used, xids) = match device {
-            MigDeviceEntry::Name(_) => (0, Vec::new()),
-            MigDeviceEntry::Detailed(d) => (d.memory_used_mib.unwrap_or(0), d.xids),
+        let (telemetry, xids) = match device {
+            MigDeviceEntry::Name(_) => (TelemetryEntry::default(), Vec::new()),
+            MigDeviceEntry::Detailed(d) => {
+                let mut telemetry = d.telemetry.unwrap_or_default();
+                match (d.memory_used_mib, telemetry.memory_used_mib) {
+                    (Some(_), Some(_)) => errors.push(FixtureError::new(
+                        format!("{path}[{i}].memoryUsedMiB"),
+                        "given twice: here and in telemetry (keep one)",
+                    )),
+                    (Some(used), None) => telemetry.memory_used_mib = Some(Some(used)),
+                    _ => {}
+                }
+                (telemetry, d.xids)
+            }
         };
-        if used > memory {
-            errors.push(FixtureError::new(
-                format!("{path}[{i}].memoryUsedMiB"),
-                format!("must be <= the profile's {memory} MiB, got {used}"),
-            ));
-        }
-        fixture.telemetry.insert(
-            uuid.clone(),
-            DeviceTelemetry {
-                memory_used_mib: Some(used),
-                memory_total_mib: Some(memory),
-                ..DeviceTelemetry::default()
-            },
-        );
+        check_telemetry(&format!("{path}[{i}]"), &telemetry, memory, errors);
+        fixture
+            .telemetry
+            .insert(uuid.clone(), telemetry.mig(memory, gpm));
         if !xids.is_empty() {
             fixture.mig_xids.insert(uuid.clone(), xids);
         }
@@ -335,50 +318,6 @@ fn mig_devices(
         });
     }
     out
-}
-
-fn check_telemetry(
-    path: &str,
-    t: &TelemetryEntry,
-    memory_mib: u64,
-    errors: &mut Vec<FixtureError>,
-) {
-    let mut check = |field: &str, ok: bool, message: String| {
-        if !ok {
-            errors.push(FixtureError::new(
-                format!("{path}.telemetry.{field}"),
-                message,
-            ));
-        }
-    };
-    if let Some(u) = t.utilization_percent {
-        check(
-            "utilizationPercent",
-            (0.0..=100.0).contains(&u),
-            format!("must be within 0..=100, got {u}"),
-        );
-    }
-    if let Some(used) = t.memory_used_mib {
-        check(
-            "memoryUsedMiB",
-            used <= memory_mib,
-            format!("must be <= the GPU's {memory_mib} MiB, got {used}"),
-        );
-    }
-    if let Some(p) = t.power_watts {
-        check(
-            "powerWatts",
-            p.is_finite() && p >= 0.0,
-            format!("must be >= 0, got {p}"),
-        );
-    }
-    if let Some(c) = t.temperature_celsius {
-        check(
-            "temperatureCelsius",
-            c.is_finite() && (-50.0..=150.0).contains(&c),
-            format!("must be within -50..=150, got {c}"),
-        );
-    }
 }
 
 /// NVLink is symmetric: a pair listed on either side counts for both.
@@ -482,5 +421,82 @@ gpus:
             );
         }
         assert_eq!(f.inventory.gpus[0].uuid, mock_gpu_uuid(0));
+    }
+
+    #[test]
+    fn telemetry_keys_left_out_look_idle_and_null_means_unsupported() {
+        let text = r#"
+gpus:
+  - model: NVIDIA H100 80GB HBM3
+    telemetry: {memoryUsedMiB: 1000, memoryReservedMiB: 500, smClockMhz: null, profiling: {smActive: 0.25}}
+    mig: {devices: [{profile: 3g.40gb, telemetry: {memoryUsedMiB: 100, temperatureCelsius: 50}}, {profile: 1g.10gb, memoryUsedMiB: 7}]}
+  - {model: NVIDIA A100-SXM4-40GB, telemetry: {profiling: null}}
+  - {model: NVIDIA L4, memoryMiB: 23034, telemetry: {profiling: {grEngineActive: 1}}}
+"#;
+        let f = parse(text).unwrap();
+        let gpus = &f.inventory.gpus;
+        let h100 = &f.telemetry[&gpus[0].uuid];
+        assert_eq!(h100.utilization_percent, Some(0.0));
+        assert_eq!(h100.temperature_celsius, Some(idle::TEMPERATURE_CELSIUS));
+        assert_eq!(h100.sm_clock_mhz, None, "null: unsupported");
+        assert_eq!(h100.memory_clock_mhz, Some(idle::MEMORY_CLOCK_MHZ));
+        assert_eq!(h100.clock_throttle_reasons, Some(1), "idle");
+        assert_eq!(h100.energy_millijoules, Some(0));
+        assert_eq!(h100.row_remap_failure, Some(false));
+        assert_eq!(
+            h100.memory_free_mib,
+            Some(gpus[0].memory_mib - 1000 - 500),
+            "free = total - used - reserved"
+        );
+        let p = h100.profiling.as_ref().unwrap();
+        assert_eq!((p.sm_active, p.tensor_active), (Some(0.25), Some(0.0)));
+
+        // MIG devices: memory and profiling (GPM per instance) unless told more.
+        let big = &f.telemetry[&gpus[0].mig_devices[0].uuid];
+        assert_eq!(big.memory_used_mib, Some(100));
+        assert_eq!(big.temperature_celsius, Some(50.0));
+        assert_eq!(big.utilization_percent, None);
+        assert_eq!(big.power_watts, None);
+        assert!(big.profiling.is_some());
+        let small = &f.telemetry[&gpus[0].mig_devices[1].uuid];
+        assert_eq!(
+            small.memory_used_mib,
+            Some(7),
+            "the older spelling still works"
+        );
+        assert_eq!(
+            small.memory_free_mib,
+            Some(gpus[0].mig_devices[1].memory_mib - 7)
+        );
+
+        // GPM: Hopper by default; an A100 told so anyway, an L4 given profiling keys.
+        assert!(f.telemetry[&gpus[1].uuid].profiling.is_none());
+        let l4 = f.telemetry[&gpus[2].uuid].profiling.as_ref().unwrap();
+        assert_eq!(l4.gr_engine_active, Some(1.0));
+        assert!(!has_gpm("NVIDIA A100-SXM4-80GB") && has_gpm("NVIDIA H200"));
+    }
+
+    #[test]
+    fn telemetry_values_are_checked_with_their_paths() {
+        let text = r#"
+gpus:
+  - model: NVIDIA H100 80GB HBM3
+    telemetry: {memoryUsedMiB: 80000, memoryReservedMiB: 5000, encoderUtilizationPercent: 101, profiling: {dramActive: 1.5, pcieRxBytesPerSecond: -1}}
+    mig: {devices: [{profile: 1g.10gb, memoryUsedMiB: 5, telemetry: {memoryUsedMiB: 5}}, {profile: 1g.10gb, telemetry: {memoryUsedMiB: 999999}}]}
+"#;
+        let errors = parse(text).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "gpus[0].telemetry.memoryReservedMiB",
+            "gpus[0].telemetry.encoderUtilizationPercent",
+            "gpus[0].telemetry.profiling.dramActive",
+            "gpus[0].telemetry.profiling.pcieRxBytesPerSecond",
+            "gpus[0].mig.devices[0].memoryUsedMiB",
+            "gpus[0].mig.devices[1].memoryUsedMiB",
+        ] {
+            assert!(paths.contains(&want), "{want} in {errors:?}");
+        }
+        let errors = parse("gpus: [{model: NVIDIA L4, memoryMiB: 1, telemetry: {colour: 1}}]");
+        assert!(errors.unwrap_err()[0].to_string().contains("colour"));
     }
 }

@@ -3,14 +3,17 @@
 //! The fixture is re-read every [`POLL_INTERVAL`]: telemetry, newly appended `xids` and `lost`
 //! take effect within a second, a changed GPU list or MIG layout is published as a new inventory
 //! (like a MIG re-partition), and an invalid edit is logged while the last good fixture stays.
+//!
+//! A fixture's telemetry stays as written. The built-in node's moves: each GPU follows a slow,
+//! deterministic load wave ([`animate`]), so that a demo's dashboards show something alive.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::backend::{BackendError, BackendEvents, GpuBackend};
 use super::fixture::{self, Fixture, DEFAULT_FIXTURE};
-use super::{HealthEvent, Inventory, Telemetry};
+use super::{DeviceTelemetry, HealthEvent, Inventory, Telemetry};
 
 /// How often the fixture file is re-read. Small files: a read is a few microseconds.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -19,6 +22,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 pub struct MockBackend {
     path: Option<PathBuf>,
     state: Mutex<Fixture>,
+    /// The built-in node: when it started, for the load wave.
+    animated_since: Option<Instant>,
 }
 
 impl MockBackend {
@@ -29,6 +34,7 @@ impl MockBackend {
             Some(path) => read_fixture(path)?,
         };
         Ok(Self {
+            animated_since: fixture.is_none().then(Instant::now),
             path: fixture,
             state: Mutex::new(state),
         })
@@ -39,6 +45,7 @@ impl MockBackend {
         Ok(Self {
             path: None,
             state: Mutex::new(parse_fixture(text, "<text>")?),
+            animated_since: None,
         })
     }
 
@@ -157,6 +164,9 @@ impl GpuBackend for MockBackend {
                         out.insert(uuid.clone(), t.clone());
                     }
                 }
+                if let (Some(since), Some(t)) = (self.animated_since, out.get_mut(&gpu.uuid)) {
+                    animate(t, gpu.index, since.elapsed().as_secs_f64());
+                }
             }
             out
         })
@@ -207,6 +217,65 @@ impl GpuBackend for MockBackend {
                 source,
             })?;
         Ok(())
+    }
+}
+
+/// Period of the built-in node's load wave.
+pub const WAVE_PERIOD: Duration = Duration::from_secs(600);
+
+/// The built-in node's GPU `index` at `secs` after start: a load between 5 % and 95 % that
+/// follows a sine of [`WAVE_PERIOD`], each GPU an eighth of a period behind the previous one,
+/// and everything that follows from it (power, temperatures, clocks, memory, profiling). Energy
+/// and NVLink bytes are the integrals of power and NVLink throughput, so they only grow.
+/// Deterministic: the same `index` and `secs` give the same telemetry.
+pub fn animate(t: &mut DeviceTelemetry, index: u32, secs: f64) {
+    use std::f64::consts::TAU;
+    let w = TAU / WAVE_PERIOD.as_secs_f64();
+    let phase = TAU * f64::from(index % 8) / 8.0;
+    let load = 0.5 + 0.45 * (w * secs + phase).sin();
+    // ∫ load dt from 0 to secs.
+    let load_integral = 0.5 * secs - 0.45 / w * ((w * secs + phase).cos() - phase.cos());
+
+    const IDLE_W: f64 = 70.0;
+    const SPAN_W: f64 = 600.0;
+    const NVLINK_BYTES_PER_S: f64 = 200e9;
+    let percent = |x: f64| (x * 100.0).round();
+    t.utilization_percent = Some(percent(load));
+    t.memory_copy_utilization_percent = Some(percent(0.6 * load));
+    t.power_watts = Some(((IDLE_W + SPAN_W * load) * 10.0).round() / 10.0);
+    t.temperature_celsius = Some((34.0 + 40.0 * load).round());
+    t.memory_temperature_celsius = Some((38.0 + 36.0 * load).round());
+    t.sm_clock_mhz = Some(if load < 0.1 { 345.0 } else { 1980.0 });
+    t.clock_throttle_reasons = Some(match load {
+        l if l < 0.1 => 0x1,
+        l if l > 0.9 => 0x4,
+        _ => 0,
+    });
+    let energy_joules = IDLE_W * secs + SPAN_W * load_integral;
+    t.energy_millijoules =
+        Some(t.energy_millijoules.unwrap_or(0) + (energy_joules * 1000.0) as u64);
+    let nvlink_bytes = NVLINK_BYTES_PER_S * load_integral;
+    t.nvlink_bytes_total = Some(t.nvlink_bytes_total.unwrap_or(0) + nvlink_bytes as u64);
+    if let Some(total) = t.memory_total_mib {
+        let used = (total as f64 * (0.1 + 0.6 * load)) as u64;
+        let reserved = t.memory_reserved_mib.unwrap_or(0).min(total - used);
+        t.memory_used_mib = Some(used);
+        t.memory_free_mib = Some(total - used - reserved);
+    }
+    if let Some(p) = t.profiling.as_mut() {
+        let ratio = |x: f64| Some((x * 1000.0).round() / 1000.0);
+        p.gr_engine_active = ratio(load);
+        p.sm_active = ratio(0.9 * load);
+        p.sm_occupancy = ratio(0.5 * load);
+        p.tensor_active = ratio(0.6 * load);
+        p.fp64_active = ratio(0.05 * load);
+        p.fp32_active = ratio(0.3 * load);
+        p.fp16_active = ratio(0.4 * load);
+        p.dram_active = ratio(0.5 * load);
+        p.pcie_tx_bytes_per_second = Some((2e9 * load).round());
+        p.pcie_rx_bytes_per_second = Some((4e9 * load).round());
+        p.nvlink_tx_bytes_per_second = Some((NVLINK_BYTES_PER_S / 2.0 * load).round());
+        p.nvlink_rx_bytes_per_second = Some((NVLINK_BYTES_PER_S / 2.0 * load).round());
     }
 }
 
@@ -294,5 +363,55 @@ mod tests {
         assert!(!t.contains_key(&inventory.gpus[0].uuid));
         assert!(t.contains_key(&inventory.gpus[1].uuid));
         assert_eq!(backend.lost_gpus(), vec![inventory.gpus[0].uuid.clone()]);
+    }
+
+    #[test]
+    fn the_built_in_node_moves_and_fixtures_stay_still() {
+        let fixed = MockBackend::from_text(fixture::DEFAULT_FIXTURE).unwrap();
+        let inventory = fixed.inventory().unwrap();
+        assert_eq!(fixed.telemetry(&inventory), fixed.telemetry(&inventory));
+
+        let base = fixed.telemetry(&inventory)[&inventory.gpus[0].uuid].clone();
+        let at = |index: u32, secs: f64| {
+            let mut t = base.clone();
+            animate(&mut t, index, secs);
+            t
+        };
+        // Deterministic, different per GPU, and moving.
+        assert_eq!(at(0, 100.0), at(0, 100.0));
+        assert_ne!(
+            at(0, 100.0).utilization_percent,
+            at(4, 100.0).utilization_percent
+        );
+        assert_ne!(at(0, 0.0).power_watts, at(0, 150.0).power_watts);
+        // Counters only grow.
+        let mut energy = 0;
+        let mut nvlink = 0;
+        for step in 0..200 {
+            let t = at(3, f64::from(step) * 7.0);
+            let u = t.utilization_percent.unwrap();
+            assert!((5.0..=95.0).contains(&u), "{u}");
+            assert!(t.energy_millijoules.unwrap() >= energy);
+            assert!(t.nvlink_bytes_total.unwrap() >= nvlink);
+            energy = t.energy_millijoules.unwrap();
+            nvlink = t.nvlink_bytes_total.unwrap();
+            let p = t.profiling.as_ref().expect("H100 has GPM");
+            assert!((0.0..=1.0).contains(&p.gr_engine_active.unwrap()));
+            let total = t.memory_total_mib.unwrap();
+            assert_eq!(
+                t.memory_free_mib.unwrap()
+                    + t.memory_used_mib.unwrap()
+                    + t.memory_reserved_mib.unwrap(),
+                total
+            );
+        }
+        assert!(energy > 0 && nvlink > 0);
+
+        let built_in = MockBackend::open(None).unwrap();
+        let t = &built_in.telemetry(&inventory)[&inventory.gpus[1].uuid];
+        assert!(
+            t.utilization_percent.unwrap() >= 5.0,
+            "the built-in node is animated"
+        );
     }
 }

@@ -225,14 +225,76 @@ struct Fault {
     last: Option<Instant>,
 }
 
+/// The last XID delivered for a device, and when, as a delivery number (larger = later).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastXid {
+    pub xid: u64,
+    pub sequence: u64,
+}
+
+/// Every XID delivered, per device (the GPU, or the MIG device the driver scoped it to): what
+/// `/metrics` reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XidTally {
+    /// (device UUID, XID) → times delivered, ignored XIDs included.
+    pub by_xid: BTreeMap<(String, u64), u64>,
+    /// Device UUID → XIDs delivered that mark a device unhealthy under the policy in force
+    /// when they came (XID 79 always, while health checks are on).
+    pub critical: BTreeMap<String, u64>,
+    /// Device UUID → the last XID delivered.
+    pub last: BTreeMap<String, LastXid>,
+    /// Deliveries so far (the sequence of the next one).
+    pub deliveries: u64,
+}
+
+impl XidTally {
+    /// Count `times` deliveries of `xid` on `device`; `critical` when they mark a device
+    /// unhealthy.
+    fn record(&mut self, device: &str, xid: u64, times: u64, critical: bool) {
+        let count = self.by_xid.entry((device.to_string(), xid)).or_default();
+        *count = count.saturating_add(times);
+        if critical {
+            let count = self.critical.entry(device.to_string()).or_default();
+            *count = count.saturating_add(times);
+        }
+        self.deliveries += 1;
+        self.last.insert(
+            device.to_string(),
+            LastXid {
+                xid,
+                sequence: self.deliveries,
+            },
+        );
+    }
+
+    /// XIDs delivered on `device`, every kind.
+    pub fn total(&self, device: &str) -> u64 {
+        self.by_xid
+            .range((device.to_string(), 0)..=(device.to_string(), u64::MAX))
+            .map(|(_, n)| n)
+            .fold(0u64, |a, n| a.saturating_add(*n))
+    }
+
+    /// Same devices and XID kinds, and the same last XID per device: the labels `/metrics`
+    /// builds from a tally are the same (the counts may differ).
+    pub fn same_labels(&self, other: &XidTally) -> bool {
+        self.by_xid.keys().eq(other.by_xid.keys())
+            && self
+                .last
+                .iter()
+                .map(|(d, l)| (d, l.xid))
+                .eq(other.last.iter().map(|(d, l)| (d, l.xid)))
+    }
+}
+
 /// Health of every device, driven by events. Feed it events and the time; read [`Self::state`].
 #[derive(Debug, Clone)]
 pub struct HealthTracker {
     policy: HealthPolicy,
     gpus: BTreeMap<String, Fault>,
     migs: BTreeMap<String, Fault>,
-    /// Every XID delivered, ignored ones included: (device UUID, XID) → count.
-    xid_counts: BTreeMap<(String, u64), u64>,
+    /// Every XID delivered, ignored ones included.
+    xids: XidTally,
 }
 
 /// What applying an event did, for logging.
@@ -260,7 +322,7 @@ impl HealthTracker {
             policy,
             gpus: BTreeMap::new(),
             migs: BTreeMap::new(),
-            xid_counts: BTreeMap::new(),
+            xids: XidTally::default(),
         }
     }
 
@@ -283,7 +345,12 @@ impl HealthTracker {
 
     /// XID counts so far, ignored ones included.
     pub fn xid_counts(&self) -> &BTreeMap<(String, u64), u64> {
-        &self.xid_counts
+        &self.xids.by_xid
+    }
+
+    /// Everything counted about XIDs so far.
+    pub fn xids(&self) -> &XidTally {
+        &self.xids
     }
 
     /// Apply one event at `now`.
@@ -302,11 +369,9 @@ impl HealthTracker {
                 xid,
             } => {
                 let device = mig_uuid.as_deref().unwrap_or(gpu_uuid);
-                let count = self
-                    .xid_counts
-                    .entry((device.to_string(), *xid))
-                    .or_default();
-                *count = count.saturating_add(times);
+                let critical =
+                    checks && (*xid == XID_FALLEN_OFF_BUS || self.policy.is_critical(*xid));
+                self.xids.record(device, *xid, times, critical);
                 if !checks {
                     return Transition::None;
                 }
@@ -519,6 +584,44 @@ mod tests {
             Transition::Unhealthy { .. }
         ));
         assert_eq!(t.xid_counts()[&("GPU-a".to_string(), 48)], 3);
+    }
+
+    #[test]
+    fn the_tally_counts_critical_xids_and_remembers_the_last_per_device() {
+        let mut t = tracker(0);
+        let now = Instant::now();
+        t.apply_repeated(&xid("GPU-a", 13), 4, now);
+        t.apply(&xid("GPU-a", 48), now);
+        // Already unhealthy: a critical XID still counts.
+        t.apply(&xid("GPU-a", 48), now);
+        let on_mig = HealthEvent::Xid {
+            gpu_uuid: "GPU-b".into(),
+            mig_uuid: Some("MIG-1".into()),
+            xid: 79,
+        };
+        t.apply(&on_mig, now);
+        t.apply(&xid("GPU-a", 43), now);
+        let x = t.xids();
+        assert_eq!(x.total("GPU-a"), 7);
+        assert_eq!(x.critical["GPU-a"], 2);
+        assert_eq!(x.last["GPU-a"].xid, 43);
+        assert_eq!(x.total("MIG-1"), 1);
+        assert_eq!(x.critical["MIG-1"], 1, "XID 79 is always critical");
+        assert!(x.last["MIG-1"].sequence < x.last["GPU-a"].sequence);
+        assert_eq!(x.total("GPU-b"), 0);
+
+        // Health checks off: counted, never critical.
+        let mut off = HealthTracker::new(policy("all", ""));
+        off.apply(&xid("GPU-a", 79), now);
+        assert_eq!(off.xids().total("GPU-a"), 1);
+        assert!(off.xids().critical.is_empty());
+
+        // Labels follow the kinds and the last XID, not the counts.
+        let before = t.xids().clone();
+        t.apply(&xid("GPU-a", 43), now);
+        assert!(before.same_labels(t.xids()));
+        t.apply(&xid("GPU-a", 13), now);
+        assert!(!before.same_labels(t.xids()), "the last XID changed");
     }
 
     #[test]

@@ -31,8 +31,10 @@ type XidKey = (String, Option<String>, u64);
 
 #[derive(Debug, Default)]
 struct Pending {
-    /// (GPU, MIG device, XID) → occurrences.
-    xids: BTreeMap<XidKey, u64>,
+    /// (GPU, MIG device, XID) → (occurrences, arrival of the last one).
+    xids: BTreeMap<XidKey, (u64, u64)>,
+    /// XIDs sent so far (orders their arrivals).
+    arrivals: u64,
     /// GPU → lost (true) or found (false); the last report wins.
     presence: BTreeMap<String, bool>,
     /// GPU → double-bit ECC events.
@@ -57,12 +59,18 @@ impl Pending {
                 gpu_uuid,
                 mig_uuid,
                 xid,
-            } => count(
-                &mut self.xids,
-                (gpu_uuid, mig_uuid, xid),
-                full,
-                &mut self.overflow,
-            ),
+            } => {
+                self.arrivals += 1;
+                let key = (gpu_uuid, mig_uuid, xid);
+                if let Some((count, last)) = self.xids.get_mut(&key) {
+                    *count = count.saturating_add(1);
+                    *last = self.arrivals;
+                } else if full {
+                    self.overflow += 1;
+                } else {
+                    self.xids.insert(key, (1, self.arrivals));
+                }
+            }
             HealthEvent::DoubleBitEcc { gpu_uuid } => {
                 count(&mut self.ecc, gpu_uuid, full, &mut self.overflow)
             }
@@ -91,7 +99,13 @@ impl Pending {
             };
             events.push((event, 1));
         }
-        for ((gpu_uuid, mig_uuid, xid), count) in pending.xids {
+        // Per device in the order the XIDs last came, so that the device's last XID is applied
+        // last (dcgm's XID_ERRORS reports it).
+        let mut xids: Vec<(XidKey, (u64, u64))> = pending.xids.into_iter().collect();
+        xids.sort_by(|((g1, m1, _), (_, a1)), ((g2, m2, _), (_, a2))| {
+            (g1, m1, a1).cmp(&(g2, m2, a2))
+        });
+        for ((gpu_uuid, mig_uuid, xid), (count, _)) in xids {
             events.push((
                 HealthEvent::Xid {
                     gpu_uuid,
@@ -333,7 +347,31 @@ mod tests {
         let batch = rx.try_recv().unwrap();
         assert_eq!(batch.events.len(), MAX_PENDING_KEYS);
         assert_eq!(batch.overflow, extra);
-        assert_eq!(batch.events[0], (xid("GPU-a", None, 0), 2));
+        assert!(batch.events.contains(&(xid("GPU-a", None, 0), 2)));
+    }
+
+    #[test]
+    fn a_devices_xids_come_in_the_order_they_last_arrived() {
+        let (tx, mut rx) = channel();
+        for (gpu, n) in [
+            ("GPU-b", 43),
+            ("GPU-a", 79),
+            ("GPU-a", 43),
+            ("GPU-a", 79),
+            ("GPU-a", 13),
+        ] {
+            tx.send(xid(gpu, None, n)).unwrap();
+        }
+        let batch = rx.try_recv().unwrap();
+        assert_eq!(
+            batch.events,
+            vec![
+                (xid("GPU-a", None, 43), 1),
+                (xid("GPU-a", None, 79), 2),
+                (xid("GPU-a", None, 13), 1),
+                (xid("GPU-b", None, 43), 1),
+            ]
+        );
     }
 
     #[tokio::test]

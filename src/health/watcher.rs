@@ -6,28 +6,30 @@
 //! wait for the next `recoverAfter` expiry; a new state is published as soon as a batch is
 //! applied.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
-use super::policy::{xid_meaning, Cause, HealthPolicy, HealthTracker, Recovery, Transition};
+use super::policy::{
+    xid_meaning, Cause, HealthPolicy, HealthTracker, Recovery, Transition, XidTally,
+};
 use super::queue::{Batch, EventReceiver};
 use super::HealthState;
 use crate::gpu::HealthEvent;
 
-/// Every XID delivered, by (device UUID, XID), for `gpu_xid_errors_total`.
+/// Every XID delivered, per device and XID, critical ones and the last one: what the XID
+/// metrics report.
 #[derive(Debug, Clone, Default)]
-pub struct XidCounts(Arc<Mutex<BTreeMap<(String, u64), u64>>>);
+pub struct XidCounts(Arc<Mutex<XidTally>>);
 
 impl XidCounts {
     /// A copy of the counts.
-    pub fn snapshot(&self) -> BTreeMap<(String, u64), u64> {
+    pub fn snapshot(&self) -> XidTally {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn store(&self, counts: &BTreeMap<(String, u64), u64>) {
+    fn store(&self, counts: &XidTally) {
         let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
         guard.clone_from(counts);
     }
@@ -56,7 +58,7 @@ pub async fn run(
             batch = events.recv() => {
                 let Some(batch) = batch else { break };
                 let changed = apply_batch(&mut tracker, &batch, Instant::now());
-                counts.store(tracker.xid_counts());
+                counts.store(tracker.xids());
                 changed
             }
             _ = sleep => {
@@ -224,7 +226,16 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(counts.snapshot()[&("GPU-a".to_string(), 13)], 1000);
+        let tally = counts.snapshot();
+        assert_eq!(tally.by_xid[&("GPU-a".to_string(), 13)], 1000);
+        assert_eq!(tally.total("GPU-a"), 1000);
+        assert_eq!(
+            tally.critical.get("GPU-a"),
+            None,
+            "13 is ignored by default"
+        );
+        assert_eq!(tally.critical["GPU-b"], 1);
+        assert_eq!(tally.last["GPU-b"].xid, 48);
         drop(tx);
         tokio::time::timeout(wait, task).await.unwrap().unwrap();
     }

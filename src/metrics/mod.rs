@@ -1,4 +1,5 @@
-//! `/metrics`: the Prometheus exposition, rendered from caches only.
+//! `/metrics`: the Prometheus exposition, rendered from caches only, under gpu-agent's metric
+//! names, dcgm-exporter's, or both ([`Naming`], `--metrics-names`).
 //!
 //! A scrape reads the latest telemetry sample, pod attribution, snapshot, plugin status and
 //! counters — each a cheap clone of an `Arc` or a small copy — and never calls NVML or the
@@ -6,12 +7,20 @@
 //! (re-partitioned, removed) disappears from the next scrape instead of lingering. The same
 //! families are also available as a [`prometheus::core::Collector`] ([`AgentCollector`]).
 //!
-//! Cost: labels are what is expensive to build (two strings per label, ~3 000 on a big node),
-//! so [`Metrics::scrape`] keeps the last families and, while the series set is unchanged, only
-//! writes new values into them.
+//! Cost: labels are what is expensive to build (thousands of series on a big node), so
+//! [`Metrics::scrape`] keeps the last rendering's text template and, while the series set is
+//! unchanged, only writes new values into it.
 
+mod agent;
+mod dcgm;
+pub mod dcgm_fields;
 pub mod families;
+mod gpu_agent;
 pub mod names;
+#[cfg(test)]
+mod render_tests;
+mod sink;
+mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -24,6 +33,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::Registry;
 
 use crate::agent::Handles;
+use crate::health::policy::XidTally;
 use crate::plugin::PluginStatus;
 use crate::podresources::{PodAllocations, PodCache};
 use crate::snapshot::Snapshot;
@@ -34,6 +44,40 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The version reported by `gpu_agent_build_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Which metric names `/metrics` serves (`--metrics-names`). The agent's own `gpu_agent_*`
+/// metrics are served under every naming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Naming {
+    /// gpu-agent's names (`gpu_*`, SI units, promtool-clean).
+    #[default]
+    GpuAgent,
+    /// dcgm-exporter 4.x's (`DCGM_FI_*`, its labels and units).
+    Dcgm,
+    /// Both sets side by side.
+    Both,
+}
+
+impl Naming {
+    /// Serves gpu-agent's device names.
+    pub fn gpu_agent(self) -> bool {
+        matches!(self, Naming::GpuAgent | Naming::Both)
+    }
+
+    /// Serves dcgm-exporter's names.
+    pub fn dcgm(self) -> bool {
+        matches!(self, Naming::Dcgm | Naming::Both)
+    }
+
+    /// Every family this naming may serve.
+    pub fn definitions(self) -> impl Iterator<Item = &'static names::MetricDef> {
+        let own = names::ALL
+            .iter()
+            .filter(move |d| self.gpu_agent() || names::is_agent(d));
+        let dcgm = dcgm_fields::ALL.iter().filter(move |_| self.dcgm());
+        own.chain(dcgm)
+    }
+}
 
 /// Every cache a scrape reads.
 #[derive(Clone)]
@@ -46,14 +90,16 @@ pub struct Sources {
 /// A Prometheus collector over the agent's caches.
 pub struct AgentCollector {
     sources: Sources,
+    naming: Naming,
     descs: Vec<Desc>,
 }
 
 impl AgentCollector {
-    /// A collector over `sources`; fails only if a metric definition were invalid.
-    pub fn new(sources: Sources) -> prometheus::Result<Self> {
-        let descs = names::ALL
-            .iter()
+    /// A collector over `sources` under `naming`; fails only if a metric definition were
+    /// invalid.
+    pub fn new(sources: Sources, naming: Naming) -> prometheus::Result<Self> {
+        let descs = naming
+            .definitions()
             .map(|def| {
                 Desc::new(
                     def.name.to_string(),
@@ -63,7 +109,11 @@ impl AgentCollector {
                 )
             })
             .collect::<prometheus::Result<Vec<_>>>()?;
-        Ok(Self { sources, descs })
+        Ok(Self {
+            sources,
+            naming,
+            descs,
+        })
     }
 }
 
@@ -74,7 +124,7 @@ impl Collector for AgentCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let inputs = Inputs::read(&self.sources);
-        families::build(&inputs.view(&self.sources.handles.node))
+        families::build(&inputs.view(&self.sources.handles.node, self.naming))
     }
 }
 
@@ -83,7 +133,7 @@ struct Inputs {
     snapshot: Arc<Snapshot>,
     telemetry: Arc<TelemetrySample>,
     pods: Arc<PodAllocations>,
-    xids: BTreeMap<(String, u64), u64>,
+    xids: XidTally,
     plugins: BTreeMap<String, PluginStatus>,
     config_reloads: u64,
     config_reload_failures: u64,
@@ -103,10 +153,11 @@ impl Inputs {
         }
     }
 
-    fn view<'a>(&'a self, node: &'a str) -> families::View<'a> {
+    fn view<'a>(&'a self, node: &'a str, naming: Naming) -> families::View<'a> {
         families::View {
             node,
             version: VERSION,
+            naming,
             snapshot: &self.snapshot,
             telemetry: &self.telemetry.devices,
             xids: &self.xids,
@@ -133,7 +184,7 @@ impl Inputs {
     fn same_series(&self, other: &Inputs) -> bool {
         Arc::ptr_eq(&self.snapshot, &other.snapshot)
             && Arc::ptr_eq(&self.pods, &other.pods)
-            && self.xids.keys().eq(other.xids.keys())
+            && self.xids.same_labels(&other.xids)
             && self.plugins.keys().eq(other.plugins.keys())
     }
 }
@@ -141,7 +192,7 @@ impl Inputs {
 /// What the last scrape rendered, and from what.
 struct Rendered {
     inputs: Inputs,
-    template: families::Template,
+    template: sink::Template,
     text: Bytes,
 }
 
@@ -149,24 +200,38 @@ struct Rendered {
 #[derive(Clone)]
 pub struct Metrics {
     sources: Sources,
+    naming: Naming,
     last: Arc<Mutex<Option<Rendered>>>,
 }
 
 impl Metrics {
-    /// A renderer over `sources`; fails only if a metric definition were invalid.
+    /// A renderer over `sources` with gpu-agent's names; fails only if a metric definition were
+    /// invalid.
     pub fn new(sources: Sources) -> prometheus::Result<Self> {
+        Self::with_naming(sources, Naming::default())
+    }
+
+    /// A renderer over `sources` with `naming`'s names.
+    pub fn with_naming(sources: Sources, naming: Naming) -> prometheus::Result<Self> {
         // Registering the collector validates every name and help text once, at start.
-        Registry::new().register(Box::new(AgentCollector::new(sources.clone())?))?;
+        Registry::new().register(Box::new(AgentCollector::new(sources.clone(), naming)?))?;
         Ok(Self {
             sources,
+            naming,
             last: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// The naming this renderer serves.
+    pub fn naming(&self) -> Naming {
+        self.naming
     }
 
     /// The text exposition of every metric now, built from scratch.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let inputs = Inputs::read(&self.sources);
-        families::Template::new(&inputs.view(&self.sources.handles.node)).encode()
+        let view = inputs.view(&self.sources.handles.node, self.naming);
+        Ok(families::template(&view).encode())
     }
 
     /// The text exposition for a scrape. Unchanged inputs get the last text again; changed
@@ -175,19 +240,26 @@ impl Metrics {
     pub fn scrape(&self) -> Result<Bytes, prometheus::Error> {
         let inputs = Inputs::read(&self.sources);
         let node = &self.sources.handles.node;
+        let naming = self.naming;
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buffer = Vec::new();
         if let Some(r) = last.as_mut() {
             if r.inputs.same(&inputs) {
                 return Ok(r.text.clone());
             }
-            if r.inputs.same_series(&inputs) && r.template.refresh(&inputs.view(node)) {
-                r.text = Bytes::from(r.template.encode()?);
+            buffer = reuse(std::mem::take(&mut r.text));
+            if r.inputs.same_series(&inputs)
+                && families::refresh(&mut r.template, &inputs.view(node, naming))
+            {
+                r.template.encode_into(&mut buffer);
+                r.text = Bytes::from(buffer);
                 r.inputs = inputs;
                 return Ok(r.text.clone());
             }
         }
-        let template = families::Template::new(&inputs.view(node));
-        let text = Bytes::from(template.encode()?);
+        let mut template = families::template(&inputs.view(node, naming));
+        template.encode_into(&mut buffer);
+        let text = Bytes::from(buffer);
         *last = Some(Rendered {
             inputs,
             template,
@@ -195,6 +267,17 @@ impl Metrics {
         });
         Ok(text)
     }
+}
+
+/// The buffer of the last text, emptied, when no response holds it any more (a scrape then
+/// allocates nothing, and the allocator keeps no stray megabytes); else a new one.
+fn reuse(last: Bytes) -> Vec<u8> {
+    if !last.is_unique() {
+        return Vec::new();
+    }
+    let mut buffer = Vec::from(last);
+    buffer.clear();
+    buffer
 }
 
 #[cfg(test)]
@@ -262,5 +345,14 @@ mod tests {
         let resampled = metrics.scrape().unwrap();
         assert_ne!(resampled.as_ptr(), counted.as_ptr());
         assert_eq!(resampled, counted);
+
+        // Once no response holds the last text, the next rendering writes into its buffer.
+        let buffer = resampled.as_ptr();
+        drop(resampled);
+        let sample = TelemetrySample::clone(&tel_tx.borrow());
+        tel_tx.send_replace(Arc::new(sample));
+        let reused = metrics.scrape().unwrap();
+        assert_eq!(reused.as_ptr(), buffer);
+        assert_eq!(reused, counted);
     }
 }
