@@ -427,7 +427,7 @@ async fn every_default_field_for_every_gpu_and_gpu_instance() {
         }
     }
 
-    // The last XID, with dcgm-exporter's err_code / err_msg.
+    // The last XID, with err_code (the XID) and err_msg (its meaning, in our words).
     let edited = FIXTURE.replacen(
         "    telemetry: {temperatureCelsius: 40, powerWatts: 90}",
         "    telemetry: {temperatureCelsius: 40, powerWatts: 90}\n    xids: [79, 43]",
@@ -443,7 +443,10 @@ async fn every_default_field_for_every_gpu_and_gpu_instance() {
         .find(|s| s.name == "DCGM_FI_DEV_XID_ERRORS" && s.label("UUID") == Some(GPU1))
         .unwrap();
     assert_eq!(xid.label("err_code"), Some("43"));
-    assert_eq!(xid.label("err_msg"), Some("GPU stopped processing"));
+    assert_eq!(
+        xid.label("err_msg"),
+        Some("GPU stopped processing (application fault)")
+    );
 }
 
 #[tokio::test]

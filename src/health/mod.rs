@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-pub use policy::{HealthEnv, HealthPolicy, HealthTracker};
+pub use policy::{xid_meaning, HealthEnv, HealthPolicy, HealthTracker};
 
 /// Why a device is unhealthy, for logs and `list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -74,8 +74,10 @@ const FIELDS: [(&MetricDef, Value); 31] = [
     (&fields::FB_RESERVED, |d| {
         int(d.own(|t| t.memory_reserved_mib))
     }),
+    // DCGM fills this "counter" with the NVLink data counters' growth since its last sample, in
+    // its MB/s (KiB/s / 1000), not with a byte count: rendered from the same rate.
     (&fields::NVLINK_BANDWIDTH_TOTAL, |d| {
-        int(d.own_or_parent(|t| t.nvlink_bytes_total))
+        d.own_or_parent(|t| t.nvlink_bandwidth_mb_per_second.map(f64::round))
     }),
     (&fields::VGPU_LICENSE_STATUS, |d| {
         int(d.own_or_parent(|t| t.vgpu_license_status))
