@@ -34,18 +34,6 @@ const ALERTS: &[(&str, &str)] = &[
     ("GpuAgentDown", "warning"),
 ];
 
-/// Metric names of issue 14's contract that the alerts read and that the metrics work adds to
-/// `src/metrics/names.rs`; the alerts may use them before this build exports them. Everything
-/// else they read must be exported already.
-const CONTRACT_METRICS: &[&str] = &[
-    "gpu_xid_events_total",
-    "gpu_xid_critical_errors_total",
-    "gpu_ecc_errors_total",
-    "gpu_row_remap_failure",
-    "gpu_clock_throttled",
-    "gpu_agent_resource_registered",
-];
-
 /// The job GpuAgentDown watches, which the ServiceMonitors set through `jobLabel`.
 const JOB: &str = "gpu-agent";
 
@@ -250,7 +238,7 @@ fn alerts_read_only_metrics_and_labels_the_agent_exports() {
                 continue;
             }
             assert!(
-                names::find(&id).is_some() || CONTRACT_METRICS.contains(&id.as_str()),
+                names::find(&id).is_some(),
                 "{alert} reads {id}, which the agent does not export"
             );
             read.insert(id);
