@@ -82,6 +82,7 @@ gpus:
       memoryClockMhz: 2619
       pcieReplayCount: 2
       nvlinkBytesTotal: 5000000
+      nvlinkBandwidthMbPerSecond: 1234
       eccCorrectedTotal: 7
       eccUncorrectedTotal: 1
       remappedRowsCorrectable: 3
@@ -128,7 +129,7 @@ fn gpu0_values(total_mib: u64) -> BTreeMap<&'static str, String> {
         ("DCGM_FI_DEV_FB_FREE", (total_mib - 40000 - 559).to_string()),
         ("DCGM_FI_DEV_FB_USED", "40000".into()),
         ("DCGM_FI_DEV_FB_RESERVED", "559".into()),
-        ("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "5000000".into()),
+        ("DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL", "1234".into()),
         ("DCGM_FI_DEV_VGPU_LICENSE_STATUS", "1".into()),
         ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "2".into()),
         ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "3".into()),

@@ -20,7 +20,7 @@ fn gpu_telemetry(i: usize) -> String {
     format!(
         "{{utilizationPercent: {u}, memoryCopyUtilizationPercent: 31, encoderUtilizationPercent: 2, decoderUtilizationPercent: 3, \
          memoryUsedMiB: {m}, memoryReservedMiB: 559, temperatureCelsius: 60, memoryTemperatureCelsius: 68, powerWatts: 400.5, \
-         energyMillijoules: 987654321, smClockMhz: 1980, memoryClockMhz: 2619, pcieReplayCount: 1, nvlinkBytesTotal: 123456789012, \
+         energyMillijoules: 987654321, smClockMhz: 1980, memoryClockMhz: 2619, pcieReplayCount: 1, nvlinkBytesTotal: 123456789012, nvlinkBandwidthMbPerSecond: 4321, \
          eccCorrectedTotal: 4, eccUncorrectedTotal: 0, remappedRowsCorrectable: 1, remappedRowsUncorrectable: 0, rowRemapFailure: false, \
          clockThrottleReasons: 4, vgpuLicenseStatus: 0, profiling: {PROFILING}}}",
         u = 10 + i,

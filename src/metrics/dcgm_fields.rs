@@ -239,7 +239,11 @@ pub fn find(name: &str) -> Option<&'static MetricDef> {
 /// its logs use). `err_code` is the XID as dcgm-exporter prints it; the message text is ours, not
 /// dcgm-exporter's copy of NVIDIA's catalog.
 pub fn xid_message(xid: u64) -> &'static str {
-    crate::health::xid_meaning(xid)
+    match xid {
+        // What the series says before any XID, as dcgm-exporter's.
+        0 => "No Error",
+        _ => crate::health::xid_meaning(xid),
+    }
 }
 
 #[cfg(test)]
@@ -262,6 +266,7 @@ mod tests {
 
     #[test]
     fn xid_messages_are_the_health_module_s() {
+        assert_eq!(xid_message(0), "No Error");
         assert_eq!(xid_message(79), "GPU has fallen off the bus");
         assert_eq!(xid_message(48), "double-bit ECC error");
         assert_eq!(xid_message(9999), "see NVIDIA's XID catalog");

@@ -283,15 +283,15 @@ fn the_xid_field_is_the_last_xid_of_the_device_or_its_gpu() {
     let lines = samples(&text, "DCGM_FI_DEV_XID_ERRORS");
     for want in [
         format!(
-            r#"DCGM_FI_DEV_XID_ERRORS{{{GPU0},err_code="43",err_msg="GPU stopped processing"}} 43"#
+            r#"DCGM_FI_DEV_XID_ERRORS{{{GPU0},err_code="43",err_msg="GPU stopped processing (application fault)"}} 43"#
         ),
         // The GPU's 31 came after the instance's own 94.
         format!(
-            r#"DCGM_FI_DEV_XID_ERRORS{{{},err_code="31",err_msg="GPU memory page fault"}} 31"#,
+            r#"DCGM_FI_DEV_XID_ERRORS{{{},err_code="31",err_msg="GPU memory page fault (application fault)"}} 31"#,
             instance(&n, 0)
         ),
         format!(
-            r#"DCGM_FI_DEV_XID_ERRORS{{{},err_code="200",err_msg="Unknown Error"}} 200"#,
+            r#"DCGM_FI_DEV_XID_ERRORS{{{},err_code="200",err_msg="see NVIDIA's XID catalog"}} 200"#,
             instance(&n, 1)
         ),
         format!(r#"DCGM_FI_DEV_XID_ERRORS{{{GPU2},err_code="0",err_msg="No Error"}} 0"#),
