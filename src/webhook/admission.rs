@@ -1,5 +1,7 @@
 //! AdmissionReview v1 in, AdmissionReview v1 out. Pure: the server hands it the request body, the
-//! catalog and the thresholds, and sends back [`Reviewed::review`] whatever happened.
+//! catalog and the thresholds, and sends back [`Reviewed::review`] whatever happened. The body is
+//! read into the typed structs of [`input`], which skip what the rules do not need, so a review
+//! never holds a tree of the whole document.
 //!
 //! | request | response |
 //! | --- | --- |
@@ -17,6 +19,8 @@
 
 use base64::Engine as _;
 use serde::Serialize;
+use serde_json::error::Category;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::patch;
@@ -70,36 +74,41 @@ struct DecisionRecord<'a> {
     reason: &'a str,
 }
 
-/// Review one request body.
+/// Review one request body (at most the server's body cap). The body is read into typed
+/// structs that keep only what the rules need (see [`input`]).
 pub fn review(body: &[u8], catalog: &Catalog, thresholds: &StrategyThresholds) -> Reviewed {
-    let doc: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return malformed(String::new(), format!("the request body is not JSON: {e}")),
+    let doc: Review = match serde_json::from_slice(body) {
+        Ok(doc) => doc,
+        Err(e) if e.classify() != Category::Data => {
+            return malformed(String::new(), format!("the request body is not JSON: {e}"))
+        }
+        // JSON, but not an object: not a review at all.
+        Err(_) if !starts_with_object(body) => {
+            return malformed(String::new(), wrong_envelope(None, None))
+        }
+        Err(e) => {
+            return malformed(
+                String::new(),
+                format!("the request body is not an AdmissionReview v1: {e}"),
+            )
+        }
     };
-    let uid = doc
-        .pointer("/request/uid")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let api_version = doc.get("apiVersion").and_then(Value::as_str);
-    let kind = doc.get("kind").and_then(Value::as_str);
+    let request = doc.request;
+    let uid = request
+        .as_ref()
+        .and_then(|r| r.uid.clone())
+        .unwrap_or_default();
+    let (api_version, kind) = (doc.api_version.as_deref(), doc.kind.as_deref());
     if api_version != Some(API_VERSION) || kind != Some("AdmissionReview") {
-        return malformed(
-            uid,
-            format!(
-                "expected an AdmissionReview of apiVersion {API_VERSION}, got apiVersion {} kind {}",
-                shown(doc.get("apiVersion")),
-                shown(doc.get("kind"))
-            ),
-        );
+        return malformed(uid, wrong_envelope(api_version, kind));
     }
-    let Some(request) = doc.get("request").filter(|r| r.is_object()) else {
+    let Some(request) = request else {
         return malformed(uid, "the AdmissionReview has no request".into());
     };
     if uid.is_empty() {
         return malformed(uid, "request.uid is missing or empty".into());
     }
-    match admit(request, catalog, thresholds) {
+    match admit(&request, catalog, thresholds) {
         Verdict::Unchanged { why, warnings } => {
             allowed(uid, None, warnings, Outcome::Unchanged(why))
         }
@@ -119,6 +128,18 @@ pub fn review(body: &[u8], catalog: &Catalog, thresholds: &StrategyThresholds) -
         Verdict::Denied { code, message } => denied(uid, code, message),
         Verdict::Malformed(message) => malformed(uid, message),
     }
+}
+
+fn starts_with_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+fn wrong_envelope(api_version: Option<&str>, kind: Option<&str>) -> String {
+    format!(
+        "expected an AdmissionReview of apiVersion {API_VERSION}, got apiVersion {} kind {}",
+        shown_str(api_version),
+        shown_str(kind)
+    )
 }
 
 enum Verdict {
@@ -149,45 +170,47 @@ fn bad(message: String) -> Verdict {
     Verdict::Denied { code: 400, message }
 }
 
-fn admit(request: &Value, catalog: &Catalog, thresholds: &StrategyThresholds) -> Verdict {
-    let kind = request.pointer("/kind/kind").and_then(Value::as_str);
-    let group = request
-        .pointer("/kind/group")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+fn admit(request: &Request, catalog: &Catalog, thresholds: &StrategyThresholds) -> Verdict {
+    let gvk = request.kind.as_ref();
+    let kind = gvk.and_then(|k| k.kind.as_deref());
+    let group = gvk.and_then(|k| k.group.as_deref()).unwrap_or("");
     if kind != Some("Pod") || !group.is_empty() {
-        return unchanged(format!("not a Pod (kind {})", shown(request.get("kind"))));
+        let what = gvk.map_or_else(|| "none".to_string(), ToString::to_string);
+        return unchanged(format!("not a Pod (kind {what})"));
     }
-    if let Some(sub) = request
-        .get("subResource")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(sub) = request.sub_resource.as_deref().filter(|s| !s.is_empty()) {
         return unchanged(format!("subresource {sub}"));
     }
-    let operation = request
-        .get("operation")
-        .and_then(Value::as_str)
-        .unwrap_or("CREATE");
+    let operation = request.operation.as_deref().unwrap_or("CREATE");
     if operation != "CREATE" {
         return unchanged(format!("operation {operation}"));
     }
-    let Some(pod) = request.get("object").filter(|o| o.is_object()) else {
-        return Verdict::Malformed(format!(
-            "request.object: expected a Pod, got {}",
-            shown(request.get("object"))
-        ));
+    let pod = match request.object.map(RawValue::get) {
+        Some(raw) if starts_with_object(raw.as_bytes()) => match serde_json::from_str::<Pod>(raw) {
+            Ok(pod) => pod,
+            Err(e) => return Verdict::Malformed(format!("request.object: {e}")),
+        },
+        other => {
+            return Verdict::Malformed(format!(
+                "request.object: expected a Pod, got {}",
+                other.map_or_else(|| "none".to_string(), cut)
+            ))
+        }
     };
-    let metadata = pod.get("metadata");
-    let annotation = |key: &str| {
-        metadata.and_then(|m| m.pointer(&format!("/annotations/{}", patch::escape(key))))
-    };
-    let workload = annotation(WORKLOAD_ANNOTATION);
-    let memory = annotation(MEMORY_ANNOTATION);
+    let annotations = pod.metadata.and_then(|m| m.annotations);
+    let has_annotations = annotations.is_some();
+    let Annotations {
+        workload, memory, ..
+    } = annotations.unwrap_or_default();
     if workload.is_none() && memory.is_none() {
         return unchanged("no gpu.ml.io annotations");
     }
-    if let Some((container, resource)) = existing_gpu_request(pod) {
+    let spec = pod.spec.unwrap_or_default();
+    let gpu_request = [&spec.containers, &spec.init_containers]
+        .into_iter()
+        .flatten()
+        .find_map(|list| list.gpu_request.clone());
+    if let Some((container, resource)) = gpu_request {
         return Verdict::Unchanged {
             why: format!("container {container} already requests {resource}"),
             warnings: vec![format!(
@@ -201,11 +224,11 @@ fn admit(request: &Value, catalog: &Catalog, thresholds: &StrategyThresholds) ->
                 "metadata.annotations[{WORKLOAD_ANNOTATION}] is required with {MEMORY_ANNOTATION}: training, inference or data-processing"
             ))
         }
-        Some(Value::String(s)) => match WorkloadType::parse(s) {
+        Some(Scalar::Str(s)) => match WorkloadType::parse(&s) {
             Ok(w) => w,
             Err(e) => return bad(format!("metadata.annotations[{WORKLOAD_ANNOTATION}]: {e}")),
         },
-        Some(other) => {
+        Some(Scalar::Other(other)) => {
             return bad(format!(
                 "metadata.annotations[{WORKLOAD_ANNOTATION}]: must be a string, got {other}"
             ))
@@ -217,22 +240,24 @@ fn admit(request: &Value, catalog: &Catalog, thresholds: &StrategyThresholds) ->
                 "metadata.annotations[{MEMORY_ANNOTATION}] is required with {WORKLOAD_ANNOTATION}: a quantity such as 8Gi"
             ))
         }
-        Some(Value::String(s)) => match crate::units::parse_quantity(s) {
+        Some(Scalar::Str(s)) => match crate::units::parse_quantity(&s) {
             Ok(b) => b,
             Err(e) => return bad(format!("metadata.annotations[{MEMORY_ANNOTATION}]: {e}")),
         },
-        Some(other) => {
+        Some(Scalar::Other(other)) => {
             return bad(format!(
                 "metadata.annotations[{MEMORY_ANNOTATION}]: must be a string such as \"8Gi\", got {other}"
             ))
         }
     };
-    let first = match pod.pointer("/spec/containers/0") {
-        Some(c) if c.is_object() => c,
-        _ => {
+    let first = match &spec.containers {
+        Some(Containers {
+            first: Some(shape), ..
+        }) => *shape,
+        listed => {
             return Verdict::Malformed(format!(
                 "request.object.spec.containers: expected a non-empty list of containers, got {}",
-                shown(pod.pointer("/spec/containers"))
+                if listed.is_some() { "[]" } else { "none" }
             ))
         }
     };
@@ -257,7 +282,7 @@ fn admit(request: &Value, catalog: &Catalog, thresholds: &StrategyThresholds) ->
     let recorded = serde_json::to_string(&record).unwrap_or_default();
     let mut ops = patch::add_limit(0, first, &decision.resource, decision.count);
     ops.push(patch::set_annotation(
-        metadata,
+        has_annotations,
         DECISION_ANNOTATION,
         &recorded,
     ));
@@ -277,44 +302,20 @@ fn admit(request: &Value, catalog: &Catalog, thresholds: &StrategyThresholds) ->
     }
 }
 
-/// The first (container name, resource) that already asks for an `nvidia.com/` resource, in
-/// limits or requests, in any container or init container.
-fn existing_gpu_request(pod: &Value) -> Option<(String, String)> {
-    for list in ["containers", "initContainers"] {
-        let containers = pod
-            .pointer(&format!("/spec/{list}"))
-            .and_then(Value::as_array);
-        for c in containers.into_iter().flatten() {
-            for section in ["limits", "requests"] {
-                let entries = c
-                    .pointer(&format!("/resources/{section}"))
-                    .and_then(Value::as_object);
-                if let Some(name) = entries
-                    .into_iter()
-                    .flat_map(|m| m.keys())
-                    .find(|k| k.starts_with(GPU_RESOURCE_PREFIX))
-                {
-                    let container = c.get("name").and_then(Value::as_str).unwrap_or("?");
-                    return Some((container.to_string(), name.clone()));
-                }
-            }
-        }
-    }
-    None
-}
-
-/// A value for a message: strings quoted, absent as `none`, long values cut.
-fn shown(v: Option<&Value>) -> String {
+/// A string for a message: JSON-quoted, absent as `none`, long values cut.
+fn shown_str(v: Option<&str>) -> String {
     match v {
         None => "none".into(),
-        Some(v) => {
-            let text = v.to_string();
-            if text.chars().count() > 80 {
-                format!("{}…", text.chars().take(80).collect::<String>())
-            } else {
-                text
-            }
-        }
+        Some(s) => cut(&Value::String(s.to_string()).to_string()),
+    }
+}
+
+/// `text` cut to 80 characters.
+fn cut(text: &str) -> String {
+    if text.chars().count() > 80 {
+        format!("{}…", text.chars().take(80).collect::<String>())
+    } else {
+        text.to_string()
     }
 }
 
@@ -368,6 +369,10 @@ pub fn malformed(uid: String, message: String) -> Reviewed {
         outcome: Outcome::Malformed(message),
     }
 }
+
+pub mod input;
+
+use input::{Annotations, Containers, Pod, Request, Review, Scalar};
 
 #[cfg(test)]
 mod tests;

@@ -8,41 +8,46 @@ pub fn escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
 }
 
-fn is_object(v: Option<&Value>) -> bool {
-    matches!(v, Some(Value::Object(_)))
+/// How much of `resources.limits` a container already has: a patch must create what is missing
+/// (adding below a member that does not exist fails the whole patch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourcesShape {
+    /// No `resources` (or null).
+    NoResources,
+    /// `resources` without `limits` (or null).
+    NoLimits,
+    /// `resources.limits` is a map.
+    Limits,
 }
 
 /// Ops that set `resources.limits[<resource>] = "<count>"` on `containers[index]`, creating
-/// `resources` and `limits` when absent (or null). `container` is that container's JSON.
-pub fn add_limit(index: usize, container: &Value, resource: &str, count: u32) -> Vec<Value> {
+/// `resources` and `limits` when absent (or null). `shape` is that container's.
+pub fn add_limit(index: usize, shape: ResourcesShape, resource: &str, count: u32) -> Vec<Value> {
     let base = format!("/spec/containers/{index}/resources");
     let quantity = Value::String(count.to_string());
-    let resources = container.get("resources");
-    if !is_object(resources) {
-        return vec![json!({
+    match shape {
+        ResourcesShape::NoResources => vec![json!({
             "op": "add",
             "path": base,
             "value": {"limits": {resource: quantity}},
-        })];
-    }
-    if !is_object(resources.and_then(|r| r.get("limits"))) {
-        return vec![json!({
+        })],
+        ResourcesShape::NoLimits => vec![json!({
             "op": "add",
             "path": format!("{base}/limits"),
             "value": {resource: quantity},
-        })];
+        })],
+        ResourcesShape::Limits => vec![json!({
+            "op": "add",
+            "path": format!("{base}/limits/{}", escape(resource)),
+            "value": quantity,
+        })],
     }
-    vec![json!({
-        "op": "add",
-        "path": format!("{base}/limits/{}", escape(resource)),
-        "value": quantity,
-    })]
 }
 
-/// Op that sets annotation `key` to `value` on a pod whose `metadata` is given (creating
-/// `annotations` when absent). Adding an existing member replaces it.
-pub fn set_annotation(metadata: Option<&Value>, key: &str, value: &str) -> Value {
-    if is_object(metadata.and_then(|m| m.get("annotations"))) {
+/// Op that sets annotation `key` to `value` on a pod that has an annotations map or not
+/// (creating it when absent). Adding an existing member replaces it.
+pub fn set_annotation(has_annotations: bool, key: &str, value: &str) -> Value {
+    if has_annotations {
         json!({
             "op": "add",
             "path": format!("/metadata/annotations/{}", escape(key)),
@@ -120,7 +125,12 @@ mod tests {
             ),
         ];
         for (container, path) in cases {
-            let ops = add_limit(0, &container, "nvidia.com/mig-1g.10gb", 1);
+            let shape = serde_json::from_value::<crate::webhook::admission::input::Container>(
+                container.clone(),
+            )
+            .unwrap()
+            .shape();
+            let ops = add_limit(0, shape, "nvidia.com/mig-1g.10gb", 1);
             assert_eq!(ops.len(), 1);
             assert_eq!(ops[0]["path"], path, "{container}");
             let mut doc = pod(container.clone());
@@ -142,7 +152,7 @@ mod tests {
     #[test]
     fn annotations_are_added_or_created() {
         let with = json!({"annotations": {"gpu.ml.io/workload-type": "inference"}});
-        let op = set_annotation(Some(&with), "gpu.ml.io/decision", "{}");
+        let op = set_annotation(true, "gpu.ml.io/decision", "{}");
         assert_eq!(op["path"], "/metadata/annotations/gpu.ml.io~1decision");
         let mut doc = json!({"metadata": with});
         apply(&mut doc, &[op]);
@@ -153,7 +163,7 @@ mod tests {
         );
 
         let without = json!({"name": "p"});
-        let op = set_annotation(Some(&without), "gpu.ml.io/decision", "{}");
+        let op = set_annotation(false, "gpu.ml.io/decision", "{}");
         assert_eq!(op["path"], "/metadata/annotations");
         let mut doc = json!({"metadata": without});
         apply(&mut doc, &[op]);

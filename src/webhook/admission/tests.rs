@@ -180,10 +180,7 @@ fn other_kinds_and_operations_pass_unchanged() {
     binding["request"]["subResource"] = json!("binding");
     for (doc, why) in [
         (update, "operation UPDATE"),
-        (
-            deployment,
-            "not a Pod (kind {\"group\":\"apps\",\"kind\":\"Deployment\",\"version\":\"v1\"})",
-        ),
+        (deployment, "not a Pod (kind apps/v1 Deployment)"),
         (binding, "subresource binding"),
     ] {
         let r = run(doc.to_string().as_bytes());
