@@ -394,22 +394,36 @@ async fn a_renewed_certificate_is_served_and_a_broken_one_is_not() {
     assert_eq!(reply.peer, first);
 
     // Renewal: key first, then the certificate (in between the pair does not match; the
-    // webhook keeps the old pair until both are in place).
+    // webhook keeps the old pair until both are in place). Files are re-loaded in the
+    // background: the new certificate is served within a few polls.
     replace_file(&webhook.key, &key2);
     replace_file(&webhook.cert, &pem2);
-    let reply = send(webhook.addr, &both, "GET", "/healthz", Vec::new()).await;
-    assert_eq!(reply.peer, second, "the renewed certificate is served");
-    assert_eq!(reply.status, 200);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = send(webhook.addr, &both, "GET", "/healthz", Vec::new()).await;
+        assert_eq!(reply.status, 200);
+        if reply.peer == second {
+            break;
+        }
+        assert_eq!(reply.peer, first, "only the old or the renewed certificate");
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate is never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
-    // A broken certificate file: the last good one stays in force, and the log says so.
+    // A broken certificate file: once the webhook has tried it (the log says so), the last
+    // good one is still served.
+    let refusals = || webhook.logs().matches("keeping the previous one").count();
+    let before = refusals();
     replace_file(&webhook.cert, "-----BEGIN CERTIFICATE-----\nnot base64\n");
+    common::eventually("the broken certificate to be refused", || {
+        refusals() > before
+    })
+    .await;
     let reply = send(webhook.addr, &both, "GET", "/healthz", Vec::new()).await;
     assert_eq!(reply.peer, second);
-    assert!(
-        webhook.logs().contains("keeping the previous one"),
-        "{}",
-        webhook.logs()
-    );
 }
 
 #[tokio::test]
@@ -437,12 +451,21 @@ async fn a_list_document_is_a_catalog_and_catalog_changes_apply() {
         json!({"limits": {"nvidia.com/mig-2g.20gb": "1"}})
     );
 
-    // The pool loses MIG: the next review falls back to whole GPUs, with a warning.
+    // The pool loses MIG: once the catalog is re-loaded (in the background, within a few
+    // polls), reviews fall back to whole GPUs, with a warning.
     replace_file(
         &webhook.catalog,
         "resources: [{name: nvidia.com/gpu, strategy: exclusive, memoryMiB: 81559, count: 2}]",
     );
-    let r = mutate(webhook.addr, &cert, &small).await;
+    let deadline = Instant::now() + WAIT;
+    let r = loop {
+        let r = mutate(webhook.addr, &cert, &small).await;
+        if patch_ops(&r)[0]["value"] != json!({"limits": {"nvidia.com/mig-2g.20gb": "1"}}) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the new catalog never applies");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         patch_ops(&r)[0]["value"],
         json!({"limits": {"nvidia.com/gpu": "1"}})

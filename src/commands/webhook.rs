@@ -10,7 +10,7 @@ use super::Fatal;
 use crate::cli::WebhookArgs;
 use crate::config::{self, StrategyThresholds};
 use crate::strategy::{Catalog, CatalogLoadError};
-use crate::webhook::reload::Reloading;
+use crate::webhook::reload::{Reloading, POLL_INTERVAL};
 use crate::webhook::server::{self, Inputs};
 use crate::webhook::tls::{self, TlsError};
 
@@ -32,17 +32,24 @@ impl From<TlsError> for Fatal {
 
 /// Load the inputs, then serve on a small runtime (admission reviews are microseconds of CPU).
 pub fn run(args: WebhookArgs) -> Result<(), Fatal> {
-    let inputs = Arc::new(load(&args)?);
+    let loaded = load(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("gpu-agent-webhook")
         .enable_all()
         .build()
         .map_err(|e| Fatal::Other(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(serve(args, inputs))
+    runtime.block_on(serve(args, loaded))
 }
 
-fn load(args: &WebhookArgs) -> Result<Inputs, Fatal> {
+/// The inputs, each with the files it is re-loaded from.
+struct Loaded {
+    catalog: Reloading<Catalog, CatalogLoadError>,
+    thresholds: Reloading<StrategyThresholds, config::LoadError>,
+    tls: Reloading<rustls::ServerConfig, TlsError>,
+}
+
+fn load(args: &WebhookArgs) -> Result<Loaded, Fatal> {
     let catalog_path = args.catalog.clone();
     let catalog = Reloading::new("catalog", vec![catalog_path.clone()], move || {
         Catalog::load(&catalog_path)
@@ -59,7 +66,10 @@ fn load(args: &WebhookArgs) -> Result<Inputs, Fatal> {
         vec![cert.clone(), key.clone()],
         move || tls::server_config(&cert, &key),
     )?;
-    let (offers, t) = (catalog.current().offers.len(), thresholds.current());
+    let (offers, t) = (
+        catalog.current().get().offers.len(),
+        thresholds.current().get(),
+    );
     tracing::info!(
         resources = offers,
         training_exclusive_above_gib = t.training_exclusive_above_gib,
@@ -67,14 +77,14 @@ fn load(args: &WebhookArgs) -> Result<Inputs, Fatal> {
         mig_range_gib = ?t.mig_range_gib,
         "catalog and thresholds loaded"
     );
-    Ok(Inputs {
+    Ok(Loaded {
         catalog,
         thresholds,
         tls,
     })
 }
 
-async fn serve(args: WebhookArgs, inputs: Arc<Inputs>) -> Result<(), Fatal> {
+async fn serve(args: WebhookArgs, loaded: Loaded) -> Result<(), Fatal> {
     let listener = TcpListener::bind(&args.listen_addr)
         .await
         .map_err(|e| Fatal::Other(format!("cannot listen on {}: {e}", args.listen_addr)))?;
@@ -83,6 +93,15 @@ async fn serve(args: WebhookArgs, inputs: Arc<Inputs>) -> Result<(), Fatal> {
         .map_err(|e| Fatal::Other(format!("cannot read the listening address: {e}")))?;
     tracing::info!(addr = %addr, "webhook listening (POST /mutate, GET /healthz)");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let inputs = Arc::new(Inputs {
+        catalog: loaded.catalog.current(),
+        thresholds: loaded.thresholds.current(),
+        tls: loaded.tls.current(),
+    });
+    // Re-loads run in the background: a request only ever reads the last loaded value.
+    tokio::spawn(loaded.catalog.watch(POLL_INTERVAL, stop_rx.clone()));
+    tokio::spawn(loaded.thresholds.watch(POLL_INTERVAL, stop_rx.clone()));
+    tokio::spawn(loaded.tls.watch(POLL_INTERVAL, stop_rx.clone()));
     let server = tokio::spawn(server::serve(listener, inputs, stop_rx));
 
     let install = |kind: SignalKind| {

@@ -20,10 +20,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::admission::{self, Outcome};
-use super::reload::Reloading;
-use super::tls::TlsError;
-use crate::config::{LoadError, StrategyThresholds};
-use crate::strategy::{Catalog, CatalogLoadError};
+use super::reload::Current;
+use crate::config::StrategyThresholds;
+use crate::strategy::Catalog;
 
 /// Largest AdmissionReview accepted. The API server caps objects at about 1.5 MiB and a review
 /// may carry two of them.
@@ -32,11 +31,11 @@ pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// How long a client may take to finish the TLS handshake or send request headers.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything a request reads, each kept current with its files.
+/// Everything a request reads, each kept current with its files by a background reload.
 pub struct Inputs {
-    pub catalog: Reloading<Catalog, CatalogLoadError>,
-    pub thresholds: Reloading<StrategyThresholds, LoadError>,
-    pub tls: Reloading<ServerConfig, TlsError>,
+    pub catalog: Current<Catalog>,
+    pub thresholds: Current<StrategyThresholds>,
+    pub tls: Current<ServerConfig>,
 }
 
 /// Serve until `shutdown` turns true. Each connection gets the certificate current when it
@@ -59,7 +58,7 @@ pub async fn serve(
             },
             () = crate::sync::until_true(&mut shutdown) => return,
         };
-        let acceptor = TlsAcceptor::from(inputs.tls.current());
+        let acceptor = TlsAcceptor::from(inputs.tls.get());
         let inputs = inputs.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(CLIENT_TIMEOUT, acceptor.accept(tcp)).await {
@@ -103,8 +102,8 @@ async fn handle(
             {
                 Ok(body) => {
                     let body = body.to_bytes();
-                    let catalog = inputs.catalog.current();
-                    let thresholds = inputs.thresholds.current();
+                    let catalog = inputs.catalog.get();
+                    let thresholds = inputs.thresholds.get();
                     admission::review(&body, &catalog, &thresholds)
                 }
                 Err(error) => admission::malformed(
