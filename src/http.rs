@@ -1,5 +1,7 @@
 //! The HTTP side (`--metrics-addr`): `/metrics`, `/healthz` (and `/health`, dcgm-exporter's
-//! path), `/readyz`.
+//! path), `/readyz`, served over HTTP/1.1 only under [`Limits::METRICS`] (see [`crate::serve`]):
+//! the port is open to the node's network without authentication, so no client may hold it or
+//! grow the agent's memory.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,11 +11,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, CONTENT_TYPE};
 use crate::plugin::{PluginStatus, StatusBoard};
+use crate::serve::{self, Limits, Plain};
 use crate::snapshot::Snapshot;
 
 /// Why the HTTP server could not start.
@@ -61,17 +65,27 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: watch::Receiver<bool>) {
+/// Serve on `listener` until `shutdown` turns true, under [`Limits::METRICS`] (with the
+/// test-only overrides).
+pub async fn serve(listener: TcpListener, state: HttpState, shutdown: watch::Receiver<bool>) {
+    let limits = Limits::METRICS.with_test_overrides();
     let local = listener.local_addr().ok();
-    tracing::info!(addr = ?local, "serving /metrics, /healthz and /readyz");
-    let stop = async move { crate::sync::until_true(&mut shutdown).await };
-    if let Err(e) = axum::serve(listener, router(state))
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
+    tracing::info!(
+        addr = ?local,
+        max_connections = limits.max_connections,
+        header_timeout = ?limits.header_timeout,
+        "serving /metrics, /healthz and /readyz (HTTP/1.1)"
+    );
+    let router = router(state);
+    serve::serve(
+        "metrics",
+        listener,
+        limits,
+        Plain,
+        move |_peer| TowerToHyperService::new(router.clone()),
+        shutdown,
+    )
+    .await;
 }
 
 async fn metrics(State(state): State<HttpState>) -> Response {

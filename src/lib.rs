@@ -23,6 +23,7 @@ pub mod podresources;
 pub mod preferred;
 pub mod proto;
 pub mod resources;
+pub mod serve;
 pub mod snapshot;
 pub mod strategy;
 pub mod sync;
