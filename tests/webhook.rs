@@ -1,7 +1,10 @@
 //! `gpu-agent webhook`, the real binary, over real TLS: AdmissionReview v1 in, JSON patch out,
-//! pass-through and malformed requests, certificate and catalog reloads, start-up errors.
+//! pass-through and malformed requests, certificate and catalog reloads, start-up errors, and
+//! the limits that keep it up under attack (slow and oversized bodies, connection floods, HTTP/2).
 
 mod common;
+#[path = "common/limits.rs"]
+mod limits;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,9 +19,11 @@ use common::{
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use limits::{hwm_kib, raise_fd_limit, read_to_close, rss_kib, sockets};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -50,6 +55,15 @@ struct Webhook {
 impl Webhook {
     /// Write a certificate (returned, to trust) and `catalog`, start the webhook on a free port.
     fn start(dir: &Path, catalog: &str) -> (Self, CertificateDer<'static>) {
+        Self::start_with_env(dir, catalog, &[])
+    }
+
+    /// [`Webhook::start`] with `env` set (the test-only limit overrides).
+    fn start_with_env(
+        dir: &Path,
+        catalog: &str,
+        env: &[(&str, &str)],
+    ) -> (Self, CertificateDer<'static>) {
         let (cert_pem, key_pem, der) = self_signed();
         let cert = write_file(dir, "tls.crt", &cert_pem);
         let key = write_file(dir, "tls.key", &key_pem);
@@ -66,6 +80,7 @@ impl Webhook {
             .arg(&catalog_path)
             .env("RUST_LOG", "info")
             .env_remove("GPU_AGENT_WEBHOOK_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -133,6 +148,35 @@ impl Reply {
     }
 }
 
+/// A TLS connection to `addr`, trusting only `trusted`, offering `alpn` (none when empty).
+async fn connect_tls(
+    addr: SocketAddr,
+    trusted: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.clone()).unwrap();
+    }
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")?;
+    tokio::time::timeout(
+        WAIT,
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+}
+
 /// One HTTPS request on a fresh connection (so each sees the certificate current then),
 /// trusting only `trusted`.
 async fn send(
@@ -142,28 +186,9 @@ async fn send(
     path: &str,
     body: Vec<u8>,
 ) -> Reply {
-    let mut roots = RootCertStore::empty();
-    for cert in trusted {
-        roots.add(cert.clone()).unwrap();
-    }
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let tcp = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+    let tls = connect_tls(addr, trusted, &[])
         .await
-        .expect("connect timed out")
-        .expect("connect");
-    let tls = tokio::time::timeout(
-        WAIT,
-        TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp),
-    )
-    .await
-    .expect("TLS handshake timed out")
-    .expect("TLS handshake");
+        .expect("TLS handshake");
     let peer = tls.get_ref().1.peer_certificates().expect("a certificate")[0].clone();
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
@@ -528,4 +553,248 @@ fn sigterm_stops_it_with_exit_0() {
     send_signal(&webhook.child, libc::SIGTERM);
     let status = wait_exit(&mut webhook.child, WAIT).expect("webhook did not stop on SIGTERM");
     assert!(status.success(), "{status}");
+}
+
+// ---- Limits (issue 15): one test per attack, each asserting the bound it proves. ----
+
+/// The body timeout the limit tests give the webhook.
+const BODY_TIMEOUT: Duration = Duration::from_millis(500);
+/// Scheduling noise allowed past a timeout on a loaded CI machine.
+const SLACK: Duration = Duration::from_secs(2);
+
+/// A POST /mutate head declaring `length` bytes of body (chunked when None).
+fn post_head(length: Option<usize>) -> Vec<u8> {
+    let framing = match length {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_string(),
+    };
+    format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n{framing}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Send a chunked body of `total` bytes (64 KiB chunks) after the head, while reading the answer
+/// until the webhook closes; the answer.
+async fn post_chunked(addr: SocketAddr, cert: &CertificateDer<'static>, total: usize) -> Vec<u8> {
+    let tls = connect_tls(addr, std::slice::from_ref(cert), &[])
+        .await
+        .expect("TLS handshake");
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 << 10];
+        let mut sent = 0;
+        writer.write_all(&post_head(None)).await?;
+        while sent < total {
+            writer
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
+            writer.write_all(&chunk).await?;
+            writer.write_all(b"\r\n").await?;
+            sent += chunk.len();
+        }
+        writer.write_all(b"0\r\n\r\n").await?;
+        writer.flush().await
+    });
+    let answer = read_to_close(&mut reader, WAIT).await;
+    // The webhook stops reading at the cap: the rest of the upload fails, as it should.
+    let _ = sender.await;
+    answer
+}
+
+#[tokio::test]
+async fn a_slow_body_is_answered_408_within_the_body_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, cert) = Webhook::start_with_env(
+        dir.path(),
+        CATALOG,
+        &[("GPU_AGENT_TEST_HTTP_BODY_TIMEOUT_MS", "500")],
+    );
+    let tls = connect_tls(webhook.addr, &[cert], &[]).await.unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    // A byte every 50 ms: never idle, never done. The timeout bounds the whole body.
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        writer.write_all(&post_head(Some(1000))).await?;
+        loop {
+            writer.write_all(b" ").await?;
+            writer.flush().await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    });
+    let answer = read_to_close(&mut reader, BODY_TIMEOUT + SLACK).await;
+    let after = started.elapsed();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        text.contains("the request body did not arrive within 500ms"),
+        "{text}"
+    );
+    assert!(
+        after >= BODY_TIMEOUT.mul_f64(0.9),
+        "answered after {after:?}"
+    );
+    assert!(after <= BODY_TIMEOUT + SLACK, "answered after {after:?}");
+}
+
+#[tokio::test]
+async fn bodies_over_3_mib_get_413_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, cert) = Webhook::start(dir.path(), CATALOG);
+    let pid = webhook.child.id();
+    assert_eq!(get(webhook.addr, &cert, "/healthz").await.status, 200);
+
+    // Declared 4 MiB: refused from the head, nothing read.
+    let peak = hwm_kib(pid);
+    let mut tls = connect_tls(webhook.addr, std::slice::from_ref(&cert), &[])
+        .await
+        .unwrap();
+    tls.write_all(&post_head(Some(4 << 20))).await.unwrap();
+    tls.flush().await.unwrap();
+    let answer = read_to_close(&mut tls, WAIT).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.contains("over 3145728 bytes (3 MiB, the API server's own limit)"),
+        "{text}"
+    );
+    let grown = hwm_kib(pid).saturating_sub(peak);
+    assert!(
+        grown <= 1024,
+        "peak RSS grew {grown} KiB for a refused head"
+    );
+    eprintln!("declared 4 MiB: peak RSS +{grown} KiB");
+
+    // 4 MiB without a declared length: read up to the cap, then refused.
+    let peak = hwm_kib(pid);
+    let answer = post_chunked(webhook.addr, &cert, 4 << 20).await;
+    assert!(answer.starts_with(b"HTTP/1.1 413"), "{answer:?}");
+    let grown = hwm_kib(pid).saturating_sub(peak);
+    assert!(
+        grown <= 5 << 10,
+        "peak RSS grew {grown} KiB for one 4 MiB body (cap 3 MiB)"
+    );
+    eprintln!("chunked 4 MiB: peak RSS +{grown} KiB");
+
+    // The issue's case: four 8 MiB bodies at once (334 MiB before). Each holds at most the cap.
+    let peak = hwm_kib(pid);
+    let answers = futures_join((0..4).map(|_| {
+        let cert = cert.clone();
+        let addr = webhook.addr;
+        async move { post_chunked(addr, &cert, 8 << 20).await }
+    }))
+    .await;
+    for answer in answers {
+        assert!(answer.starts_with(b"HTTP/1.1 413"), "{answer:?}");
+    }
+    let grown = hwm_kib(pid).saturating_sub(peak);
+    assert!(
+        grown <= 16 << 10,
+        "peak RSS grew {grown} KiB for four 8 MiB bodies (4 x 3 MiB cap)"
+    );
+    eprintln!("four chunked 8 MiB at once: peak RSS +{grown} KiB");
+    eprintln!("RSS {} KiB, peak {} KiB", rss_kib(pid), hwm_kib(pid));
+
+    // Still serving.
+    assert_eq!(get(webhook.addr, &cert, "/healthz").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_review_just_under_the_cap_is_reviewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, cert) = Webhook::start(dir.path(), CATALOG);
+    // A pod with a 2.5 MiB annotation: large, but within what the API server sends.
+    let annotations = json!({
+        "gpu.ml.io/workload-type": "inference",
+        "gpu.ml.io/gpu-memory": "8Gi",
+        "example.com/blob": "x".repeat(5 << 19),
+    });
+    let body = review("uid-big", pod(annotations, json!({"name": "main"})));
+    assert!(body.to_string().len() > 5 << 19);
+    let r = mutate(webhook.addr, &cert, &body).await;
+    assert_eq!(r["uid"], "uid-big");
+    assert_eq!(
+        patch_ops(&r)[0]["value"],
+        json!({"limits": {"nvidia.com/mig-1g.10gb": "1"}})
+    );
+}
+
+#[tokio::test]
+async fn over_the_cap_reviews_still_answer() {
+    raise_fd_limit();
+    const CAP: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, cert) = Webhook::start_with_env(
+        dir.path(),
+        CATALOG,
+        &[("GPU_AGENT_TEST_HTTP_MAX_CONNECTIONS", "8")],
+    );
+    let pid = webhook.child.id();
+    assert_eq!(get(webhook.addr, &cert, "/healthz").await.status, 200);
+    let before = sockets(pid);
+    // 200 connections that never start TLS, and 20 idle after it.
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        flood.push(TcpStream::connect(webhook.addr).await.unwrap());
+    }
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        if let Ok(tls) = connect_tls(webhook.addr, std::slice::from_ref(&cert), &[]).await {
+            idle.push(tls);
+        }
+    }
+    let annotations =
+        json!({"gpu.ml.io/workload-type": "inference", "gpu.ml.io/gpu-memory": "8Gi"});
+    for i in 0..5 {
+        let started = Instant::now();
+        let uid = format!("uid-{i}");
+        let r = mutate(
+            webhook.addr,
+            &cert,
+            &review(&uid, pod(annotations.clone(), json!({"name": "main"}))),
+        )
+        .await;
+        assert_eq!(r["uid"], uid.as_str());
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "a review took {took:?}");
+    }
+    let during = sockets(pid);
+    assert!(
+        during <= before + CAP + 1,
+        "{during} sockets during the flood, {before} before, cap {CAP}"
+    );
+    drop((flood, idle));
+}
+
+#[tokio::test]
+async fn only_http_1_1_is_negotiated() {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, cert) = Webhook::start(dir.path(), CATALOG);
+    let trusted = std::slice::from_ref(&cert);
+    assert!(
+        connect_tls(webhook.addr, trusted, &[b"h2"]).await.is_err(),
+        "a client that only speaks HTTP/2 is refused at the handshake"
+    );
+    let tls = connect_tls(webhook.addr, trusted, &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+/// Run futures concurrently and collect their outputs in order.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.expect("task"));
+    }
+    outputs
 }
