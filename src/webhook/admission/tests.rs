@@ -297,3 +297,50 @@ fn malformed_requests_get_a_well_formed_refusal() {
         assert_eq!(r.outcome, Outcome::Malformed(message.into()));
     }
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid annotated review with `junk` spliced in at `at` (a byte offset, clamped to a
+    /// char boundary): mostly JSON, broken or retyped somewhere.
+    fn spliced(at: usize, cut: usize, junk: &str) -> Vec<u8> {
+        let text = String::from_utf8(request(annotated(
+            "inference",
+            "8Gi",
+            json!({"name": "main", "resources": {"limits": {"memory": "1Gi"}}}),
+        )))
+        .unwrap();
+        let mut at = at % (text.len() + 1);
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        let mut end = (at + cut).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}{junk}{}", &text[..at], &text[end..]).into_bytes()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Whatever the body, the answer is a well-formed v1 review and nothing panics.
+        #[test]
+        fn any_body_gets_a_well_formed_answer(
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..256),
+                (any::<usize>(), 0usize..16, "[\\[\\]{}\",:0-9a-z ]{0,12}")
+                    .prop_map(|(at, cut, junk)| spliced(at, cut, &junk)),
+            ]
+        ) {
+            let r = run(&body);
+            let resp = response(&r);
+            prop_assert!(resp["uid"].is_string());
+            prop_assert!(resp["allowed"].is_boolean());
+            if resp["allowed"] == false {
+                prop_assert!(resp["status"]["message"].is_string());
+            }
+        }
+    }
+}
