@@ -46,7 +46,7 @@ pub async fn bind(addr: &str) -> Result<TcpListener, HttpError> {
     } else {
         addr.to_string()
     };
-    TcpListener::bind(&full)
+    crate::serve::listen(&full)
         .await
         .map_err(|source| HttpError::Bind {
             addr: addr.to_string(),

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::Fatal;
@@ -85,7 +84,7 @@ fn load(args: &WebhookArgs) -> Result<Loaded, Fatal> {
 }
 
 async fn serve(args: WebhookArgs, loaded: Loaded) -> Result<(), Fatal> {
-    let listener = TcpListener::bind(&args.listen_addr)
+    let listener = crate::serve::listen(&args.listen_addr)
         .await
         .map_err(|e| Fatal::Other(format!("cannot listen on {}: {e}", args.listen_addr)))?;
     let addr = listener

@@ -15,6 +15,7 @@
 pub mod deadline;
 pub mod limits;
 pub mod slots;
+mod trim;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -58,6 +59,38 @@ impl Handshake for Plain {
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// Kernel accept queue for our listeners: deep enough that a connection flood waits there (where
+/// it costs us nothing) instead of overflowing it, which makes the kernel drop SYNs and a
+/// scraper's connect then waits out a 1 s SYN retransmit. Capped by `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Listen on every address `addr` resolves to, trying each in turn, with [`ACCEPT_BACKLOG`].
+pub async fn listen(addr: &str) -> io::Result<TcpListener> {
+    let mut last = None;
+    for resolved in tokio::net::lookup_host(addr).await? {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std and tokio's own bind do: a restarted agent can take the port at once.
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(resolved)
+            .and_then(|()| socket.listen(ACCEPT_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
+
 /// Serve `listener` under `limits` until `shutdown` turns true, with a service per connection
 /// from `service(peer)`; then stop accepting, let requests in progress finish, close idle
 /// connections, and return once every connection has ended. `what` names the server in logs.
@@ -77,8 +110,9 @@ pub async fn serve<H, F, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let slots = Slots::new(limits.max_connections, what);
+    let slots = Slots::new(limits.max_connections, slots::EVICTION_GRACE, what);
     let handshake = Arc::new(handshake);
+    let trimmer = trim::after_floods(slots.clone(), what);
     tracing::debug!(server = what, ?limits, "connection limits");
     loop {
         let (tcp, peer) = tokio::select! {
@@ -109,6 +143,7 @@ pub async fn serve<H, F, S, B>(
     }
     // Connections see the shutdown themselves; wait for them to end.
     drop(listener);
+    trimmer.abort();
     slots.all_closed().await;
 }
 
