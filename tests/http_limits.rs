@@ -207,7 +207,8 @@ async fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
     )
     .await;
     let pid = _agent.child.id();
-    let idle_sockets = sockets(pid);
+    // The readiness probe's connection may still be closing on the agent's side.
+    let idle_sockets = settled_sockets(pid).await;
 
     // A small receive window, a request, and no reading.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -321,4 +322,20 @@ where
         outputs.push(handle.await.expect("task"));
     }
     outputs
+}
+
+/// The agent's socket count once it has stayed the same for 200 ms (connections a probe just
+/// closed are gone from it).
+async fn settled_sockets(pid: u32) -> usize {
+    let mut last = sockets(pid);
+    let mut stable_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stable_since.elapsed() < Duration::from_millis(200) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = sockets(pid);
+        if now != last {
+            (last, stable_since) = (now, Instant::now());
+        }
+    }
+    last
 }
