@@ -14,6 +14,7 @@ pub mod device_nodes;
 pub mod extras;
 pub mod gpu;
 pub mod health;
+pub mod hostfs;
 pub mod http;
 pub mod labels;
 pub mod logging;
