@@ -30,3 +30,4 @@ pub mod sync;
 pub mod telemetry;
 pub mod units;
 pub mod webhook;
+pub mod yaml_limits;

@@ -47,6 +47,21 @@ impl ReadError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, ReadError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
+
+    /// The reason alone, for errors that name the path themselves.
+    pub fn into_io(self) -> std::io::Error {
+        match self {
+            ReadError::Io { source, .. } => source,
+            ReadError::NotRegular { kind, .. } => {
+                std::io::Error::other(format!("it is {kind}, not a regular file"))
+            }
+            ReadError::TooLarge { size, limit, .. } => std::io::Error::other(format!(
+                "it is {}; the limit is {}",
+                format_size(size),
+                format_size(limit)
+            )),
+        }
+    }
 }
 
 /// The bytes of the regular file at `path`, at most `limit` of them.
