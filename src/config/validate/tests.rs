@@ -472,3 +472,20 @@ fn health_and_strategy_extensions() {
     assert_eq!(c.strategy.training_exclusive_above_gib, 24.0);
     assert_eq!(c.strategy.mig_range_gib, [2.0, 40.0]);
 }
+
+#[test]
+fn documents_over_the_limits_are_refused_before_they_are_parsed() {
+    // 200 KB of nested `[`: 19 s in serde_yaml_ng before the check.
+    let deep = format!("version: v1\nflags: {}", "[".repeat(200_000));
+    let started = std::time::Instant::now();
+    assert_eq!(
+        errors(&deep),
+        ["config: nested 65 levels deep at line 2; the limit is 64"]
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let large = format!("version: v1\n# {}\n", "x".repeat(300 * 1024));
+    assert_eq!(
+        errors(&large),
+        ["config: the file is 301 KiB; the limit is 256 KiB"]
+    );
+}
