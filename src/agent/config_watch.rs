@@ -67,11 +67,17 @@ pub async fn run(
                     format!("not UTF-8: {e}"),
                 )]
             })
-            .and_then(|text| config::read(&text));
+            .and_then(|text| config::read(&text))
+            .and_then(|parsed| {
+                let applied = parsed.config.clone().with_overrides(&overrides);
+                // The hook path against the driver root in force once flags and env apply.
+                config::check_hook_path(&applied, &overrides).map_err(|e| vec![e])?;
+                Ok((parsed, applied))
+            });
         match parsed {
-            Ok(parsed) => {
+            Ok((parsed, applied)) => {
                 parsed.log_warnings();
-                let config = Arc::new(parsed.config.with_overrides(&overrides));
+                let config = Arc::new(applied);
                 if *candidates.borrow() != config {
                     candidates.send_replace(config);
                 } else if forced {

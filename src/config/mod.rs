@@ -14,6 +14,7 @@ mod validate;
 use std::path::Path;
 
 pub use model::*;
+pub use validate::hook_path::check_applied as check_hook_path;
 pub use validate::parse_device_list_strategy;
 
 /// One problem in a config, with the field path it is about.
