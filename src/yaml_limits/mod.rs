@@ -3,8 +3,8 @@
 //!
 //! serde_yaml_ng (libyaml underneath) scans the whole document before its own recursion limit
 //! applies, and the scan costs time quadratic in the nesting of flow collections: 200 KB of
-//! nested `[` took 19 s, `{a: ` nested far worse. Under these limits the worst document costs a
-//! fraction of a second: at most [`MAX_BYTES`], nested at most [`MAX_DEPTH`] levels, as counted
+//! nested `[` took 19 s as a config. Under these limits the worst document costs a fraction of
+//! a second: at most [`MAX_BYTES`], nested at most [`MAX_DEPTH`] levels, as counted
 //! by [`depth`]'s linear scan. Aliases are not nesting in the text; serde_yaml_ng bounds their
 //! expansion itself (a recursion and a repetition limit).
 

@@ -172,7 +172,7 @@ fn bad_catalogs_name_the_path_and_value() {
 
 #[test]
 fn a_deep_or_large_catalog_is_refused_before_it_is_parsed() {
-    // 200 KB of nested `{a: ` took serde_yaml_ng minutes; the check takes milliseconds.
+    // 200 KB of nested `{a: ` took serde_yaml_ng 14 s; the check takes milliseconds.
     let deep = format!("resources: {}", "{a: ".repeat(50_000));
     let started = std::time::Instant::now();
     let errors = Catalog::parse(&deep).unwrap_err();
