@@ -141,7 +141,10 @@ fn random() -> u64 {
 /// `fsync` the directory, so the rename is on disk. Filesystems that cannot sync a directory
 /// say EINVAL; the rename has happened all the same.
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    let d = File::open(dir)?;
+    let d = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)?;
     match d.sync_all() {
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
         other => other,

@@ -152,6 +152,15 @@ proptest! {
     }
 }
 
+proptest! {
+    /// Any text at all, any bytes made text: an answer, never a panic.
+    #[test]
+    fn the_scan_never_panics(text in any::<String>(), bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = check(&text);
+        let _ = check(&String::from_utf8_lossy(&bytes));
+    }
+}
+
 #[test]
 fn counts_what_nests_and_nothing_else() {
     let cases: &[(&str, usize)] = &[
