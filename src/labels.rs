@@ -1,9 +1,10 @@
 //! Node labels through a Node Feature Discovery feature file (`--nfd-features-file`), with the
 //! keys GPU Feature Discovery (GFD) uses, so node selectors written for GFD keep working.
 //!
-//! [`node_labels`] is a pure function of the snapshot; [`run`] rewrites the file (a hidden temp
-//! file + rename, so NFD never reads half a file) only when its content changes: on an inventory change
-//! (MIG re-partition) or a config change, not on health or telemetry changes.
+//! [`node_labels`] is a pure function of the snapshot; [`run`] rewrites the file (through
+//! [`hostfs::write`]: a hidden temp file + rename, so NFD never reads half a file, and a symlink
+//! planted in `features.d` is never followed) only when its content changes: on an inventory
+//! change (MIG re-partition) or a config change, not on health or telemetry changes.
 //!
 //! Choices where GFD has no answer: `gpu.sharing-strategy` is `none`, `time-slicing`, `vgpu`, or
 //! `mixed` when the node advertises both time-sliced replicas and vGPU slices; `gpu.replicas` of
@@ -17,9 +18,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::cdi::writer::write_atomically;
 use crate::config::MigStrategy;
 use crate::gpu::{mig_profiles, Gpu};
+use crate::hostfs;
 use crate::resources::names::{self, GPU};
 use crate::resources::Strategy;
 use crate::snapshot::Snapshot;
@@ -273,8 +274,7 @@ pub async fn run(
         let content = render(&node_labels(&snapshot));
         if written.as_ref() != Some(&content) {
             let (p, c) = (path.clone(), content.clone());
-            let result =
-                tokio::task::spawn_blocking(move || write_atomically(&p, c.as_bytes())).await;
+            let result = tokio::task::spawn_blocking(move || hostfs::write(&p, c.as_bytes())).await;
             match result {
                 Ok(Ok(())) => {
                     tracing::info!(path = %path.display(), "node feature labels written");

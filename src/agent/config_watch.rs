@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::AgentStats;
 use crate::config::{self, Config, Overrides};
+use crate::yaml_limits::{self, DocumentError};
 
 /// How often the file is re-read.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -24,7 +25,7 @@ pub async fn run(
     stats: Arc<AgentStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last_bytes = std::fs::read(&path).ok();
+    let mut last_bytes = read(&path).await.ok();
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -33,9 +34,19 @@ pub async fn run(
             _ = ticker.tick() => false,
             Some(()) = hup.recv() => true,
         };
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read(&path).await {
             Ok(bytes) => bytes,
-            Err(error) => {
+            Err(DocumentError::Limit(limit)) => {
+                // Over the document limits: rejected as an invalid config is, reported once.
+                if forced || last_bytes.is_some() {
+                    stats.config_reload_failures.fetch_add(1, Ordering::Relaxed);
+                    let errors = [format!("config: {limit}")];
+                    tracing::error!(path = %path.display(), ?errors, "invalid config rejected; the last good config stays in force");
+                }
+                last_bytes = None;
+                continue;
+            }
+            Err(DocumentError::Read(error)) => {
                 if forced || last_bytes.is_some() {
                     stats.config_reload_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(path = %path.display(), %error, "config file unreadable; the last good config stays in force");
@@ -56,11 +67,17 @@ pub async fn run(
                     format!("not UTF-8: {e}"),
                 )]
             })
-            .and_then(|text| config::read(&text));
+            .and_then(|text| config::read(&text))
+            .and_then(|parsed| {
+                let applied = parsed.config.clone().with_overrides(&overrides);
+                // The hook path against the driver root in force once flags and env apply.
+                config::check_hook_path(&applied, &overrides).map_err(|e| vec![e])?;
+                Ok((parsed, applied))
+            });
         match parsed {
-            Ok(parsed) => {
+            Ok((parsed, applied)) => {
                 parsed.log_warnings();
-                let config = Arc::new(parsed.config.with_overrides(&overrides));
+                let config = Arc::new(applied);
                 if *candidates.borrow() != config {
                     candidates.send_replace(config);
                 } else if forced {
@@ -77,4 +94,13 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The file's bytes, read off the async runtime ([`yaml_limits::read_bytes`]: regular files
+/// only, never blocking, at most the document limit).
+async fn read(path: &std::path::Path) -> Result<Vec<u8>, DocumentError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || yaml_limits::read_bytes(&path))
+        .await
+        .unwrap_or_else(|e| Err(DocumentError::Read(std::io::Error::other(e))))
 }

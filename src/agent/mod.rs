@@ -142,13 +142,15 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
     ));
 
     // The CDI spec is on disk before the first plugin registers, and follows every change.
-    let mut cdi_writer = cdi::writer::SpecWriter::new(&args.cdi_spec_dir);
-    cdi_writer.sync_logged(&snapshots.borrow());
-    tokio::spawn(cdi::writer::run(
-        cdi_writer,
-        snapshots.clone(),
-        shutdown.clone(),
-    ));
+    let cdi_writer = cdi::writer::SpecWriter::new(&args.cdi_spec_dir);
+    let first = snapshots.borrow().clone();
+    if let Some((cdi_writer, _)) = cdi::writer::sync_off_runtime(cdi_writer, first).await {
+        tokio::spawn(cdi::writer::run(
+            cdi_writer,
+            snapshots.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let kubelet_socket = args.kubelet_socket();
     tokio::spawn(kubelet_watch::log_changes(

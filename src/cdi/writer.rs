@@ -5,15 +5,19 @@
 //!   when the config drops CDI: containers the kubelet restarts from its checkpoint resolve their
 //!   CDI names again without a new Allocate, also while the agent is restarting, so a missing spec
 //!   breaks pods while a stale one is harmless.
-//! - Atomically: a temp file in the same directory (its name ends in `.tmp`, which CDI registries
-//!   ignore), synced, then renamed over the spec, so a runtime never reads half a file.
-//! - Only when the bytes differ from what is on disk: health flaps do not rewrite it.
+//! - Atomically and safely, through [`hostfs::write`]: a random temp name in the same directory
+//!   (ending in `.tmp`, which CDI registries ignore) created without following links, synced,
+//!   renamed over the spec, so a runtime never reads half a file; a symlink, FIFO or anything but
+//!   a regular file at the spec's name is refused, not followed or replaced.
+//! - Only when the bytes differ from what is on disk: health flaps do not rewrite it. What is on
+//!   disk is read once, through [`hostfs::read`] (regular files only, never blocking, at most
+//!   [`hostfs::MAX_HOST_FILE`]), and off the async runtime like every write: a FIFO or a
+//!   `/dev/zero` link planted at the spec's name cannot hang the agent.
 //! - The driver's files are looked for once per driver version and driver settings, not on every
 //!   snapshot; a driver that is not there is reported once, with the root searched. So is a
 //!   feature (`gdsEnabled`, …) switched on without its device nodes on the node: it gets no spec.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +27,7 @@ use tokio::sync::watch;
 use super::driver::{self, Driver, Query};
 use super::{extras, layout, spec, spec_file_name};
 use crate::extras::{Feature, NodeExtras};
+use crate::hostfs::{self, Links, WriteError};
 use crate::snapshot::Snapshot;
 
 /// File name of our GPU spec inside the CDI dir ([`super::spec_file_name`] of `gpu`).
@@ -82,7 +87,7 @@ impl SpecWriter {
 
     /// Bring the files in line with `snapshot`. Files of extras no longer found are left alone,
     /// like the GPU spec when CDI is dropped: nothing names their devices any more.
-    pub fn sync(&mut self, snapshot: &Snapshot) -> std::io::Result<Outcome> {
+    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<Outcome, WriteError> {
         let plugin = &snapshot.config.plugin;
         if !plugin.device_list_strategies.iter().any(|s| s.uses_cdi()) {
             return Ok(Outcome::NotConfigured);
@@ -107,17 +112,17 @@ impl SpecWriter {
     }
 
     /// Write `bytes` to `<dir>/<name>` unless it already holds them. True when written.
-    fn write(&mut self, name: String, bytes: Vec<u8>) -> std::io::Result<bool> {
+    fn write(&mut self, name: String, bytes: Vec<u8>) -> Result<bool, WriteError> {
         let path = self.dir.join(&name);
         // First look: a spec from an earlier run with the same content need not be touched.
         let on_disk = self
             .written
             .entry(name)
-            .or_insert_with(|| std::fs::read(&path).ok());
+            .or_insert_with(|| read_existing(&path));
         if on_disk.as_deref() == Some(bytes.as_slice()) {
             return Ok(false);
         }
-        write_atomically(&path, &bytes)?;
+        hostfs::write(&path, &bytes)?;
         *on_disk = Some(bytes);
         Ok(true)
     }
@@ -179,30 +184,38 @@ fn log_discovery(query: &Query, found: &Result<Driver, driver::NotFound>) {
     }
 }
 
-/// Write `bytes` to `path` so that readers see the old file or the new one, never a mix: a temp
-/// file beside it, synced, renamed over it. The temp name is hidden and ends in `.tmp`, so
-/// neither a CDI registry nor NFD (the node feature file, `labels`) reads it.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// The spec a previous run left at `path`, if it is one: anything else (a FIFO, a symlink, a
+/// device, a file over the cap) is reported and treated as absent, and the write that follows
+/// says whether it can be replaced.
+fn read_existing(path: &Path) -> Option<Vec<u8>> {
+    match hostfs::read(path, Links::Refuse, hostfs::MAX_HOST_FILE) {
+        Ok(bytes) => Some(bytes),
+        Err(error) if error.is_not_found() => None,
+        Err(error) => {
+            tracing::warn!(%error, "the CDI spec on disk is not read; it is rewritten if it can be");
+            None
+        }
     }
-    result
+}
+
+/// [`SpecWriter::sync_logged`] on a blocking thread, so file I/O (and a driver search) never
+/// stalls the async runtime. `None` if the thread panicked, the writer with it.
+pub async fn sync_off_runtime(
+    mut writer: SpecWriter,
+    snapshot: Arc<Snapshot>,
+) -> Option<(SpecWriter, bool)> {
+    match tokio::task::spawn_blocking(move || {
+        let ok = writer.sync_logged(&snapshot);
+        (writer, ok)
+    })
+    .await
+    {
+        Ok(done) => Some(done),
+        Err(error) => {
+            tracing::error!(%error, "the CDI spec writer failed; CDI specs are no longer updated");
+            None
+        }
+    }
 }
 
 /// Keep the spec in step with `snapshots` until `shutdown`.
@@ -213,7 +226,10 @@ pub async fn run(
 ) {
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        let ok = writer.sync_logged(&snapshot);
+        let Some((back, ok)) = sync_off_runtime(writer, snapshot).await else {
+            return;
+        };
+        writer = back;
         tokio::select! {
             _ = crate::sync::until_true(&mut shutdown) => break,
             changed = snapshots.changed() => if changed.is_err() { break },
@@ -438,5 +454,39 @@ mod tests {
         let s = snapshot("gpus: [{model: NVIDIA H100 80GB HBM3}]", cdi);
         assert!(writer.sync(&s).is_err());
         assert!(!writer.sync_logged(&s));
+    }
+
+    #[test]
+    fn a_fifo_or_a_link_at_the_spec_path_is_refused_and_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("checkpoint");
+        std::fs::write(&victim, b"victim").unwrap();
+        let fifo = std::ffi::CString::new(dir.path().join(FILE_NAME).to_str().unwrap().as_bytes())
+            .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let cdi = config::parse("flags: {plugin: {deviceListStrategy: cdi-cri}}").unwrap();
+        let s = snapshot("gpus: [{model: NVIDIA H100 80GB HBM3}]", cdi);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cdi_dir = dir.path().to_path_buf();
+        let s2 = s.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(
+                SpecWriter::new(&cdi_dir)
+                    .sync(&s2)
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        let error = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("sync blocked on the FIFO")
+            .unwrap_err();
+        assert!(error.contains("it is a FIFO"), "{error}");
+
+        std::fs::remove_file(dir.path().join(FILE_NAME)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(FILE_NAME)).unwrap();
+        let error = SpecWriter::new(dir.path()).sync(&s).unwrap_err();
+        assert!(error.to_string().contains("it is a symlink"), "{error}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"victim");
     }
 }

@@ -59,7 +59,12 @@ pub fn load_config(args: &InventoryArgs) -> Result<Config, Fatal> {
         }
         None => Config::default(),
     };
-    Ok(config.with_overrides(&args.overrides()))
+    let overrides = args.overrides();
+    let config = config.with_overrides(&overrides);
+    // Flags and env may change the hook path or the driver root it must be under.
+    config::check_hook_path(&config, &overrides)
+        .map_err(|e| Fatal::Invalid(format!("invalid config: {e}")))?;
+    Ok(config)
 }
 
 /// A backend with no GPUs: what the agent runs on when NVML fails and failOnInitError is false.

@@ -14,6 +14,7 @@ mod validate;
 use std::path::Path;
 
 pub use model::*;
+pub use validate::hook_path::check_applied as check_hook_path;
 pub use validate::parse_device_list_strategy;
 
 /// One problem in a config, with the field path it is about.
@@ -221,6 +222,10 @@ pub fn read_strict(text: &str) -> Result<Parsed, Vec<ConfigError>> {
 }
 
 fn read_as(text: &str, strict: bool) -> Result<Parsed, Vec<ConfigError>> {
+    // Before serde_yaml_ng, whose cost grows with the square of the nesting.
+    if let Err(limit) = crate::yaml_limits::check(text) {
+        return Err(vec![ConfigError::new("config", limit.to_string())]);
+    }
     let first = serde_yaml_ng::Deserializer::from_str(text).next();
     let mut tree: serde_yaml_ng::Value = match first {
         None => serde_yaml_ng::Value::Null,
@@ -272,7 +277,8 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     read(text).map(|p| p.config)
 }
 
-/// Read and validate the config file at `path` (a symlink, to `/dev/null` too, is followed).
+/// Read and validate the config file at `path` (a symlink, to `/dev/null` too, is followed; a
+/// FIFO or device is not read; a file over the document limit is invalid).
 pub fn load(path: &Path) -> Result<Parsed, LoadError> {
     load_with(path, read)
 }
@@ -286,9 +292,16 @@ fn load_with(
     path: &Path,
     read: fn(&str) -> Result<Parsed, Vec<ConfigError>>,
 ) -> Result<Parsed, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
+    use crate::yaml_limits::{read_text, DocumentError};
+    let text = read_text(path).map_err(|e| match e {
+        DocumentError::Read(source) => LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+        DocumentError::Limit(limit) => LoadError::Invalid {
+            path: path.display().to_string(),
+            errors: vec![ConfigError::new("config", limit.to_string())],
+        },
     })?;
     read(&text).map_err(|errors| LoadError::Invalid {
         path: path.display().to_string(),

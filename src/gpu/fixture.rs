@@ -26,7 +26,7 @@ pub struct FixtureError {
 }
 
 impl FixtureError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),
@@ -113,8 +113,11 @@ impl MigDeviceEntry {
     }
 }
 
-/// Parse and validate fixture text. On failure every problem found is returned.
+/// Parse and validate fixture text. On failure every problem found is returned. A text over the
+/// document limits ([`crate::yaml_limits`]) is refused before it is parsed.
 pub fn parse(text: &str) -> Result<Fixture, Vec<FixtureError>> {
+    crate::yaml_limits::check(text)
+        .map_err(|limit| vec![FixtureError::new("fixture", limit.to_string())])?;
     let doc: FixtureDoc = serde_yaml_ng::from_str(text).map_err(|e| vec![yaml_error(&e)])?;
     build(doc)
 }
@@ -347,6 +350,18 @@ fn known_models() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deep_fixture_is_refused_before_it_is_parsed() {
+        let deep = format!("gpus: {}", "[".repeat(200_000));
+        let started = std::time::Instant::now();
+        let errors = parse(&deep).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert_eq!(
+            errors[0].to_string(),
+            "fixture: nested 65 levels deep at line 1; the limit is 64"
+        );
+    }
 
     #[test]
     fn other_models_need_memory_and_cannot_use_mig() {

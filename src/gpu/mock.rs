@@ -7,13 +7,14 @@
 //! A fixture's telemetry stays as written. The built-in node's moves: each GPU follows a slow,
 //! deterministic load wave ([`animate`]), so that a demo's dashboards show something alive.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::backend::{BackendError, BackendEvents, GpuBackend};
 use super::fixture::{self, Fixture, DEFAULT_FIXTURE};
 use super::{DeviceTelemetry, HealthEvent, Inventory, Telemetry};
+use crate::yaml_limits::{self, DocumentError};
 
 /// How often the fixture file is re-read. Small files: a read is a few microseconds.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -78,10 +79,16 @@ impl MockBackend {
     }
 }
 
-fn read_fixture(path: &PathBuf) -> Result<Fixture, BackendError> {
-    let text = std::fs::read_to_string(path).map_err(|source| BackendError::FixtureRead {
-        path: path.clone(),
-        source,
+fn read_fixture(path: &Path) -> Result<Fixture, BackendError> {
+    let text = yaml_limits::read_text(path).map_err(|e| match e {
+        DocumentError::Read(source) => BackendError::FixtureRead {
+            path: path.to_path_buf(),
+            source,
+        },
+        DocumentError::Limit(limit) => BackendError::FixtureInvalid {
+            path: path.display().to_string(),
+            errors: vec![fixture::FixtureError::new("fixture", limit.to_string())],
+        },
     })?;
     parse_fixture(&text, &path.display().to_string())
 }
@@ -176,15 +183,23 @@ impl GpuBackend for MockBackend {
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
-        let mut last = std::fs::read(&path).ok();
+        let mut last = yaml_limits::read_bytes(&path).ok();
         std::thread::Builder::new()
             .name("mock-fixture-watch".into())
             .spawn(move || {
                 while !events.health.is_closed() {
                     std::thread::sleep(POLL_INTERVAL);
-                    let Ok(bytes) = std::fs::read(&path) else {
+                    let bytes = match yaml_limits::read_bytes(&path) {
+                        Ok(bytes) => bytes,
+                        Err(DocumentError::Limit(limit)) => {
+                            // Said once, until the file changes to something readable.
+                            if last.take().is_some() {
+                                tracing::warn!(path = %path.display(), errors = ?[format!("fixture: {limit}")], "invalid mock fixture ignored; the last good one stays in force");
+                            }
+                            continue;
+                        }
                         // Mid-rename or deleted: keep the last good fixture and look again.
-                        continue;
+                        Err(DocumentError::Read(_)) => continue,
                     };
                     if last.as_deref() == Some(bytes.as_slice()) {
                         continue;

@@ -213,17 +213,3 @@ fn render_is_sorted_key_value_lines() {
     assert!(lines.contains(&"nvidia.com/gpu.count=2"));
     assert!(lines.iter().all(|l| l.split_once('=').is_some()));
 }
-
-#[test]
-fn write_atomically_replaces_the_file_and_leaves_no_temp() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("features.d").join("gpu-agent");
-    write_atomically(&path, b"a=1\n").unwrap();
-    write_atomically(&path, b"a=2\n").unwrap();
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "a=2\n");
-    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(names, [std::ffi::OsString::from("gpu-agent")]);
-}

@@ -129,8 +129,12 @@ impl Catalog {
         }
     }
 
-    /// Parse a catalog file's text (YAML or JSON). Every error is returned, with its path.
+    /// Parse a catalog file's text (YAML or JSON). Every error is returned, with its path. A
+    /// text over the document limits ([`crate::yaml_limits`]) is refused before it is parsed:
+    /// the webhook parses it while admissions wait.
     pub fn parse(text: &str) -> Result<Self, Vec<CatalogError>> {
+        crate::yaml_limits::check(text)
+            .map_err(|limit| vec![error("catalog", limit.to_string())])?;
         let root: Value = serde_yaml_ng::from_str(text)
             .map_err(|e| vec![error("catalog", format!("not valid YAML or JSON: {e}"))])?;
         let docs: Vec<(String, &Value)> = match &root {
@@ -164,11 +168,19 @@ impl Catalog {
         Self::from_offers(offers)
     }
 
-    /// Read and parse the catalog file at `path`.
+    /// Read and parse the catalog file at `path` (regular files only, at most the document
+    /// limit: see [`crate::yaml_limits::read_bytes`]).
     pub fn load(path: &Path) -> Result<Self, CatalogLoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogLoadError::Read {
-            path: path.display().to_string(),
-            source,
+        use crate::yaml_limits::{read_text, DocumentError};
+        let text = read_text(path).map_err(|e| match e {
+            DocumentError::Read(source) => CatalogLoadError::Read {
+                path: path.display().to_string(),
+                source,
+            },
+            DocumentError::Limit(limit) => CatalogLoadError::Invalid {
+                path: path.display().to_string(),
+                errors: vec![error("catalog", limit.to_string())],
+            },
         })?;
         Self::parse(&text).map_err(|errors| CatalogLoadError::Invalid {
             path: path.display().to_string(),

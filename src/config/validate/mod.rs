@@ -2,6 +2,7 @@
 //! with NVIDIA's rules (`api/config/v1`) for NVIDIA's fields. Node-dependent checks (a count
 //! overlapping a list, MIG layouts) happen when resources are built.
 
+pub mod hook_path;
 mod names;
 mod sharing;
 
@@ -122,8 +123,11 @@ fn flags(fl: &file::Flags, config: &mut Config, f: &mut Findings) {
     }
     if let Some(path) = &plugin.nvidia_ctk_path {
         // "" turns the CDI ldcache hook off.
-        if path.is_empty() || absolute("flags.plugin.nvidiaCTKPath", path, f) {
-            config.plugin.nvidia_ctk_path = Some(path.clone());
+        if path.is_empty() || absolute(hook_path::FIELD, path, f) {
+            match hook_path::check(path, &config.plugin.nvidia_driver_root) {
+                Ok(()) => config.plugin.nvidia_ctk_path = Some(path.clone()),
+                Err(message) => f.error(hook_path::FIELD, message),
+            }
         }
     }
     if let Some(v) = plugin.pass_device_specs {

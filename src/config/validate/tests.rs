@@ -1,4 +1,4 @@
-use super::super::{parse, read, read_strict};
+use super::super::{check_hook_path, parse, read, read_strict};
 use super::*;
 
 /// Every error `check-config` would print (unknown fields included).
@@ -471,4 +471,85 @@ fn health_and_strategy_extensions() {
     assert_eq!(c.health.recover_after, std::time::Duration::from_secs(30));
     assert_eq!(c.strategy.training_exclusive_above_gib, 24.0);
     assert_eq!(c.strategy.mig_range_gib, [2.0, 40.0]);
+}
+
+#[test]
+fn the_ctk_path_must_be_under_the_driver_root_or_on_the_allow_list() {
+    for ok in [
+        "flags: {plugin: {nvidiaCTKPath: /usr/local/nvidia/toolkit/nvidia-cdi-hook}}",
+        "flags: {nvidiaDriverRoot: /run/nvidia/driver, \
+         plugin: {nvidiaCTKPath: /run/nvidia/driver/usr/bin/nvidia-ctk}}",
+    ] {
+        assert!(parse(ok).is_ok(), "{ok}");
+    }
+    let found = errors("flags: {plugin: {nvidiaCTKPath: /tmp/payload}}");
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0].starts_with(
+            "flags.plugin.nvidiaCTKPath: the CDI hook runs as root on the host: it must be one \
+             of /usr/bin/nvidia-ctk, /usr/bin/nvidia-cdi-hook"
+        ) && found[0].ends_with("got \"/tmp/payload\""),
+        "{found:?}"
+    );
+    // Climbing out of the driver root is not under it.
+    let found = errors(
+        "flags: {nvidiaDriverRoot: /run/nvidia/driver, \
+         plugin: {nvidiaCTKPath: /run/nvidia/driver/../../../tmp/payload}}",
+    );
+    assert!(
+        found[0].contains("under the driver root /run/nvidia/driver (flags.nvidiaDriverRoot)"),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_ctk_path_from_flags_or_env_is_checked_against_the_driver_root_in_force() {
+    let file = parse("flags: {plugin: {nvidiaCTKPath: /usr/bin/nvidia-ctk}}").unwrap();
+    let env = Overrides {
+        nvidia_ctk_path: Some("/opt/hook".into()),
+        ..Overrides::default()
+    };
+    let error = check_hook_path(&file.clone().with_overrides(&env), &env).unwrap_err();
+    assert_eq!(
+        error.path,
+        "--nvidia-cdi-hook-path (NVIDIA_CDI_HOOK_PATH, NVIDIA_CTK_PATH)"
+    );
+    assert!(error.message.ends_with("got \"/opt/hook\""), "{error}");
+    // Under a driver root given by flag: allowed.
+    let rooted = Overrides {
+        nvidia_driver_root: Some("/opt".into()),
+        ..env.clone()
+    };
+    assert_eq!(
+        check_hook_path(&file.clone().with_overrides(&rooted), &rooted),
+        Ok(())
+    );
+    // The file's path, under a driver root the flags moved away from it: named as the field.
+    let file = parse(
+        "flags: {nvidiaDriverRoot: /opt/driver, plugin: {nvidiaCTKPath: /opt/driver/bin/nvidia-ctk}}",
+    )
+    .unwrap();
+    let moved = Overrides {
+        nvidia_driver_root: Some("/run/nvidia/driver".into()),
+        ..Overrides::default()
+    };
+    let error = check_hook_path(&file.with_overrides(&moved), &moved).unwrap_err();
+    assert_eq!(error.path, "flags.plugin.nvidiaCTKPath");
+}
+
+#[test]
+fn documents_over_the_limits_are_refused_before_they_are_parsed() {
+    // 200 KB of nested `[`: 19 s in serde_yaml_ng before the check.
+    let deep = format!("version: v1\nflags: {}", "[".repeat(200_000));
+    let started = std::time::Instant::now();
+    assert_eq!(
+        errors(&deep),
+        ["config: nested 65 levels deep at line 2; the limit is 64"]
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let large = format!("version: v1\n# {}\n", "x".repeat(300 * 1024));
+    assert_eq!(
+        errors(&large),
+        ["config: the file is 301 KiB; the limit is 256 KiB"]
+    );
 }

@@ -169,3 +169,28 @@ fn bad_catalogs_name_the_path_and_value() {
         ["resources[0].devices[0].memoryMiB: is required: device \"GPU-z\" names no GPU or MIG device of the document's gpus (regenerate with `gpu-agent list --output json`)"]
     );
 }
+
+#[test]
+fn a_deep_or_large_catalog_is_refused_before_it_is_parsed() {
+    // 200 KB of nested `{a: ` took serde_yaml_ng 14 s; the check takes milliseconds.
+    let deep = format!("resources: {}", "{a: ".repeat(50_000));
+    let started = std::time::Instant::now();
+    let errors = Catalog::parse(&deep).unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(
+        errors[0].to_string(),
+        "catalog: nested 65 levels deep at line 1; the limit is 64"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let large = dir.path().join("catalog.yaml");
+    std::fs::write(&large, format!("# {}\n", "x".repeat(300 * 1024))).unwrap();
+    let error = Catalog::load(&large).unwrap_err();
+    assert!(matches!(error, CatalogLoadError::Invalid { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .ends_with("catalog: the file is 301 KiB; the limit is 256 KiB"),
+        "{error}"
+    );
+}
