@@ -116,6 +116,24 @@ impl Drop for RegisterWindow {
 /// A slot among the [`MAX_OTHER_STREAMS`]; freed when dropped.
 struct OtherStream(Arc<AtomicUsize>);
 
+/// A response stream that holds its slot: the slot is free the moment the server drops the
+/// stream (the client went away, or the stream ended), not when the sending task notices.
+struct Holding<S> {
+    stream: S,
+    _slot: Option<OtherStream>,
+}
+
+impl<S: Stream + Unpin> Stream for Holding<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        Pin::new(&mut self.stream).poll_next(cx)
+    }
+}
+
 impl Drop for OtherStream {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
@@ -296,7 +314,6 @@ impl DevicePlugin for PluginService {
             tracing::debug!(resource = %resource, kubelets, connection = connection_id, ?peer_pid, ?peer_uid, "ListAndWatch stream opened");
         }
         tokio::spawn(async move {
-            let _slot = slot;
             snapshots.mark_changed();
             // The resource as last sent: compared before any message is built, so a snapshot
             // change that leaves this resource alone (another resource's health, a config change
@@ -343,7 +360,10 @@ impl DevicePlugin for PluginService {
                 tracing::debug!(resource = %resource, kubelets, connection = connection_id, dropped_by_kubelet, "ListAndWatch stream closed");
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(Holding {
+            stream: ReceiverStream::new(rx),
+            _slot: slot,
+        })))
     }
 
     async fn get_preferred_allocation(
