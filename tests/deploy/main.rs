@@ -8,6 +8,7 @@
 //! it print why and return.
 
 mod agent;
+mod audit;
 #[path = "../common/mod.rs"]
 mod common;
 mod hardening;
