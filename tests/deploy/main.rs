@@ -1,8 +1,11 @@
 //! The deployment an operator applies: every kustomization under `daemonset/` renders with
 //! `kubectl kustomize`, every rendered object passes the Kubernetes OpenAPI schemas
 //! (`kubernetes-validate`, installed by `.ci/run` into `.venv/`), the DaemonSet keeps the
-//! security and node wiring the agent needs, the ConfigMaps hold configs the agent accepts, the
-//! examples ask only for resources the agent advertises, and the image builds the way CI builds.
+//! security and node wiring the agent needs (the host's CDI directory only where a CDI strategy
+//! is configured), the NetworkPolicies admit only what they should, images can be pinned by
+//! digest, the ConfigMaps hold configs the agent accepts, the examples ask only for resources the
+//! agent advertises, the image builds the way CI builds, and CI's `cargo audit` step never fails
+//! the build.
 //!
 //! kubectl and kubernetes-validate are external tools: where one is missing, the tests that need
 //! it print why and return.
