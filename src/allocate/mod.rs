@@ -57,7 +57,8 @@ pub fn resolve<'a>(
             .device(id)
             .ok_or_else(|| AllocateError::UnknownDevice {
                 resource: resource.name.clone(),
-                id: id.clone(),
+                // Any string a client sent: cut to a bounded length.
+                id: crate::resources::ids::shown(id).into_owned(),
             })?;
         if device.health != Health::Healthy {
             return Err(AllocateError::UnhealthyDevice {

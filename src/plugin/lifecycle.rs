@@ -36,11 +36,11 @@
 //!   never sees an old stream end after a new registration: kubelets up to 1.34 disconnect the
 //!   *new* client when that happens (kubernetes#121994).
 //! - Waiting (for the directory or for a kubelet) logs one line when it starts, then nothing.
-//! - Only the stream the kubelet opened for the current registration counts; others (from other
-//!   clients, or from earlier registrations) may come and go.
+//! - Only the stream the kubelet opened for the current registration counts: the first stream
+//!   on the connection it dialled inside our Register call ([`StreamEvents`]). Others (other
+//!   clients', or earlier registrations') may come and go.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -291,7 +291,10 @@ impl Plugin {
         let Some(kubelet) = kubelet_watch::identity(&kubelet_socket) else {
             return State::WaitingForKubelet { stale: None };
         };
-        let attempt = self.events.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        // Until `window` is dropped (this call's outcome is known), a connection that asks for our
+        // options may be the kubelet's: the only connection whose stream counts.
+        let window = self.events.registering();
+        let attempt = window.generation;
         let call = tokio::time::timeout(
             REGISTER_TIMEOUT,
             registration::register(&kubelet_socket, &self.resource, &self.endpoint),
@@ -304,6 +307,7 @@ impl Plugin {
             }
             outcome = call => outcome,
         };
+        drop(window);
         let error = match outcome {
             Ok(Ok(())) => {
                 self.ctx.status.set_registered(&self.resource, true);

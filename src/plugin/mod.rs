@@ -1,5 +1,6 @@
 //! The kubelet shell: one DevicePlugin gRPC server per resource, registration, restarts.
 
+pub mod conn;
 pub mod kubelet_watch;
 pub mod lifecycle;
 pub mod manager;

@@ -8,15 +8,22 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
+use super::conn;
 use super::lifecycle::PluginContext;
 use super::server::{PluginService, StreamEvents};
 use crate::proto::v1beta1::device_plugin_server::DevicePluginServer;
 
 /// How often our socket is checked while registered or registering.
 pub const SOCKET_POLL: Duration = Duration::from_millis(100);
+
+/// The plugin socket's mode: only root (the kubelet) may connect. Connecting to a unix socket
+/// needs write permission on it.
+pub const SOCKET_MODE: u32 = 0o600;
+
+/// HTTP/2 streams (calls) one connection may have open at once.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 /// How long a stopping server may take to end its streams and close its connections before it
 /// is aborted.
@@ -31,6 +38,16 @@ fn inode_at(path: &Path) -> Option<Inode> {
         .ok()
         .filter(|m| m.file_type().is_socket())
         .map(|m| (m.dev(), m.ino()))
+}
+
+/// Bind a unix socket at `path` and make it [`SOCKET_MODE`]. The socket is created with the
+/// process umask's mode (the image's default leaves it writable by its owner only) and tightened
+/// right after.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
+    Ok(listener)
 }
 
 /// A running gRPC server on the plugin socket.
@@ -54,7 +71,7 @@ impl Served {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let listener = UnixListener::bind(socket)?;
+        let listener = bind_private(socket)?;
         let inode = inode_at(socket).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotFound,
@@ -67,13 +84,17 @@ impl Served {
             ctx.snapshots.clone(),
             ctx.status.clone(),
             stop_rx.clone(),
-            events,
+            events.clone(),
         );
         let mut shutdown = stop_rx;
+        let incoming = conn::incoming(listener, events.connections.clone());
         let handle = tokio::spawn(
             Server::builder()
+                // Per connection: the kubelet's carries one stream and Allocate /
+                // GetPreferredAllocation calls, one pod admission at a time.
+                .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
                 .add_service(DevicePluginServer::new(service))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(incoming, async move {
                     crate::sync::until_true(&mut shutdown).await
                 }),
         );
@@ -140,5 +161,16 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "a regular file").unwrap();
         assert_eq!(inode_at(&path), None, "not a socket");
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_only_for_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.sock");
+        // Bound under the usual umask 022 the socket would be 0755 (0777 under umask 0).
+        let _listener = bind_private(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o600, "{mode:o}");
     }
 }

@@ -162,6 +162,9 @@ struct Shared {
     changed: watch::Sender<u64>,
     registrations: mpsc::UnboundedSender<(u64, RegisterRequest)>,
     observer: Mutex<Option<mpsc::UnboundedSender<KubeletEvent>>>,
+    /// How long `runClient` waits before it opens ListAndWatch (a goroutine scheduled late):
+    /// zero unless a test widens the gap between Register and the kubelet's stream.
+    list_delay: Mutex<Duration>,
 }
 
 impl Shared {
@@ -483,7 +486,13 @@ impl Registration for Registrar {
         });
         // runClient, started before Register returns.
         let shared = self.shared.clone();
+        let delay = *self
+            .shared
+            .list_delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let run = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             let mut client = DevicePluginClient::new(channel);
             let ended = match client.list_and_watch(Empty {}).await {
                 Ok(stream) => {
@@ -558,6 +567,7 @@ impl TestKubelet {
                 changed: watch::channel(0).0,
                 registrations: tx,
                 observer: Mutex::new(None),
+                list_delay: Mutex::new(Duration::ZERO),
             }),
             registrations,
             process: None,
@@ -580,6 +590,18 @@ impl TestKubelet {
     /// What later starts delete from the directory.
     pub fn with_wipe(mut self, wipe: Wipe) -> Self {
         self.wipe = wipe;
+        self
+    }
+
+    /// Open ListAndWatch `delay` after each successful Register (on the same connection, as
+    /// always), as when the kubelet's `runClient` goroutine is scheduled late: room for another
+    /// client to get in first.
+    pub fn with_list_delay(self, delay: Duration) -> Self {
+        *self
+            .shared
+            .list_delay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = delay;
         self
     }
 

@@ -312,6 +312,17 @@ pub fn kustomize_with_components(
     resources: &[&str],
     components: &[&str],
 ) -> (String, Vec<serde_yaml_ng::Value>) {
+    kustomize_with(kubectl, resources, components, "")
+}
+
+/// [`kustomize_with_components`] with `more` (further top-level fields of the kustomization:
+/// `images:`, `patches:`, …) appended.
+pub fn kustomize_with(
+    kubectl: &Path,
+    resources: &[&str],
+    components: &[&str],
+    more: &str,
+) -> (String, Vec<serde_yaml_ng::Value>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let daemonset = repository_from(dir.path()).join("daemonset");
     let list = |paths: &[&str]| -> String {
@@ -324,9 +335,13 @@ pub fn kustomize_with_components(
         dir.path().join("kustomization.yaml"),
         format!(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
-             resources:\n{}components:\n{}",
+             resources:\n{}components:{}\n{more}",
             list(resources),
-            list(components)
+            if components.is_empty() {
+                " []\n".to_string()
+            } else {
+                format!("\n{}", list(components))
+            }
         ),
     )
     .expect("write kustomization");

@@ -63,6 +63,28 @@ impl AgentInputs {
         }
     }
 
+    /// The agent writes CDI specs with these inputs: a CDI device-list strategy is configured
+    /// (`DEVICE_LIST_STRATEGY`, which overrides the config, else the config's
+    /// `flags.plugin.deviceListStrategy`).
+    pub fn configures_cdi(&self) -> bool {
+        if let Some(list) = self.env.get("DEVICE_LIST_STRATEGY") {
+            return list
+                .split(',')
+                .any(|s| matches!(s.trim(), "cdi-annotations" | "cdi-cri"));
+        }
+        let Some(path) = &self.config else {
+            return false;
+        };
+        let text = std::fs::read_to_string(path).expect("read config");
+        let config =
+            gpu_agent::config::parse(&text).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+        config
+            .plugin
+            .device_list_strategies
+            .iter()
+            .any(|s| s.uses_cdi())
+    }
+
     /// Resource names `gpu-agent list` advertises with these inputs on the node `fixture`.
     pub fn advertised(&self, fixture: &Path) -> BTreeSet<String> {
         let mut command = Command::new(AGENT);
@@ -162,6 +184,19 @@ pub fn start_like_the_daemonset(container: &Value, inputs: &AgentInputs, fixture
         "gpu-agent {args:?} stopped with {status}:\n{}",
         logs()
     );
+    // The CDI dir does not exist here, as on a node whose DaemonSet does not mount it: without a
+    // CDI strategy the agent starts all the same and never creates it; with one it writes the
+    // spec there.
+    let spec = dir.path().join("cdi/k8s.gpu-agent.io-gpu.json");
+    if inputs.configures_cdi() {
+        assert!(spec.is_file(), "no CDI spec written:\n{}", logs());
+    } else {
+        assert!(
+            !dir.path().join("cdi").exists(),
+            "the agent created the CDI dir without a CDI strategy:\n{}",
+            logs()
+        );
+    }
 }
 
 /// The ConfigMap and key a volume puts at `path` inside the container. The mount must be the

@@ -1,15 +1,20 @@
 //! The deployment an operator applies: every kustomization under `daemonset/` renders with
 //! `kubectl kustomize`, every rendered object passes the Kubernetes OpenAPI schemas
 //! (`kubernetes-validate`, installed by `.ci/run` into `.venv/`), the DaemonSet keeps the
-//! security and node wiring the agent needs, the ConfigMaps hold configs the agent accepts, the
-//! examples ask only for resources the agent advertises, and the image builds the way CI builds.
+//! security and node wiring the agent needs (the host's CDI directory only where a CDI strategy
+//! is configured), the NetworkPolicies admit only what they should, images can be pinned by
+//! digest, the ConfigMaps hold configs the agent accepts, the examples ask only for resources the
+//! agent advertises, the image builds the way CI builds, and CI's `cargo audit` step never fails
+//! the build.
 //!
 //! kubectl and kubernetes-validate are external tools: where one is missing, the tests that need
 //! it print why and return.
 
 mod agent;
+mod audit;
 #[path = "../common/mod.rs"]
 mod common;
+mod hardening;
 mod image;
 mod render;
 mod yaml;
@@ -29,28 +34,35 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const AGENT: &str = env!("CARGO_BIN_EXE_gpu-agent");
 
 /// Every deployable kustomization, relative to `daemonset/`.
-const OVERLAYS: &[&str] = &[
+pub const OVERLAYS: &[&str] = &[
     "base",
     "overlays/time-slicing",
     "overlays/mig-mixed",
     "overlays/vgpu",
     "overlays/mock",
     "overlays/dcgm",
+    "overlays/cdi",
 ];
 const MIG_MIXED: &str = "overlays/mig-mixed";
+const CDI: &str = "overlays/cdi";
+/// The webhook's kustomizations, relative to `daemonset/`.
+pub const WEBHOOK: &[&str] = &["webhook/base", "webhook"];
 const MOCK: &str = "overlays/mock";
 const DCGM: &str = "overlays/dcgm";
 
 /// The job GpuAgentDown (components/alerts) watches: `up{job="gpu-agent"}`.
 const JOB: &str = "gpu-agent";
 
-/// Host directories the agent needs, and whether it only reads them.
+/// Host directories every overlay's agent needs, and whether it only reads them.
 const HOST_MOUNTS: &[(&str, bool)] = &[
     ("/var/lib/kubelet/device-plugins", false),
     ("/var/lib/kubelet/pod-resources", true),
-    ("/var/run/cdi", false),
     ("/etc/kubernetes/node-feature-discovery/features.d", false),
 ];
+
+/// The host's CDI spec directory: mounted (read-write) exactly where a CDI strategy is
+/// configured.
+const CDI_DIR: &str = "/var/run/cdi";
 
 /// Every overlay's DaemonSet, with the pod spec and the agent container.
 fn each_daemonset(
@@ -93,6 +105,13 @@ fn every_kustomization_renders_and_passes_the_kubernetes_schemas() {
         &["overlays/time-slicing"],
         &["components/dcgm", "components/alerts"],
     ));
+    // The CDI mount on a sharing overlay.
+    all.push(render_with_components(
+        &kubectl,
+        &["overlays/time-slicing"],
+        &["components/cdi"],
+    ));
+    all.extend(WEBHOOK.iter().map(|k| render_overlay(&kubectl, k)));
     for r in &all {
         for object in &r.objects {
             assert!(
@@ -199,6 +218,38 @@ fn the_agent_is_wired_to_the_kubelet_and_the_node() {
             assert_eq!(str_at(mount, "mountPath"), *path, "{overlay}");
             let ro = get(mount, "readOnly").as_bool().unwrap_or(false);
             assert_eq!(ro, *read_only, "{overlay}: {path} readOnly");
+        }
+
+        // The CDI spec dir only where the agent writes CDI specs; nothing else under it.
+        let cdi = AgentInputs::of(r).configures_cdi();
+        assert_eq!(cdi, overlay == CDI, "{overlay}: CDI strategy");
+        let cdi_volumes: Vec<&Value> = seq_at(pod, "volumes")
+            .iter()
+            .filter(|v| str_at(v, "hostPath.path").starts_with(CDI_DIR))
+            .collect();
+        let cdi_mounts: Vec<&Value> = seq_at(c, "volumeMounts")
+            .iter()
+            .filter(|m| str_at(m, "mountPath").starts_with(CDI_DIR))
+            .collect();
+        if cdi {
+            assert_eq!(cdi_volumes.len(), 1, "{overlay}: the {CDI_DIR} volume");
+            assert_eq!(cdi_mounts.len(), 1, "{overlay}: the {CDI_DIR} mount");
+            assert_eq!(str_at(cdi_volumes[0], "hostPath.path"), CDI_DIR);
+            assert_eq!(str_at(cdi_mounts[0], "mountPath"), CDI_DIR);
+            assert_eq!(
+                str_at(cdi_mounts[0], "name"),
+                str_at(cdi_volumes[0], "name")
+            );
+            assert_ne!(
+                get(cdi_mounts[0], "readOnly").as_bool(),
+                Some(true),
+                "{overlay}: the agent writes its specs there"
+            );
+        } else {
+            assert!(
+                cdi_volumes.is_empty() && cdi_mounts.is_empty() && !r.text.contains(CDI_DIR),
+                "{overlay} configures no CDI strategy but mounts {CDI_DIR}"
+            );
         }
 
         // Probes on the metrics port, which the agent serves on its default address.
@@ -480,7 +531,7 @@ fn configmaps_hold_configs_and_fixtures_the_agent_accepts() {
     let Some(kubectl) = kubectl() else { return };
     for overlay in OVERLAYS {
         let inputs = AgentInputs::of(&render_overlay(&kubectl, overlay));
-        let has_config = ["overlays/time-slicing", "overlays/vgpu", MOCK].contains(overlay);
+        let has_config = ["overlays/time-slicing", "overlays/vgpu", MOCK, CDI].contains(overlay);
         assert_eq!(
             inputs.config.is_some(),
             has_config,
@@ -517,6 +568,7 @@ fn configmaps_hold_configs_and_fixtures_the_agent_accepts() {
     );
     assert_eq!(advertises("overlays/vgpu"), names(&["nvidia.com/gpu.vgpu"]));
     assert_eq!(advertises(DCGM), names(&["nvidia.com/gpu"]));
+    assert_eq!(advertises(CDI), names(&["nvidia.com/gpu"]));
     assert_eq!(
         advertises(MIG_MIXED),
         names(&[&["nvidia.com/gpu"][..], &mig].concat())

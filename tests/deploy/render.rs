@@ -8,13 +8,13 @@ use std::process::{Command, Stdio};
 
 use serde_yaml_ng::Value;
 
-use crate::common::{kustomize, kustomize_with_components};
+use crate::common::{kustomize, kustomize_with};
 use crate::yaml::{kind, str_at};
 use crate::ROOT;
 
 /// Kinds defined by CustomResourceDefinitions, which the built-in schemas cannot know; their
 /// fields are asserted by the tests instead.
-const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
+const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule", "Issuer", "Certificate"];
 
 /// The oldest Kubernetes the README supports, and the validator's newest (its default).
 const KUBERNETES_VERSIONS: &[Option<&str>] = &[Some("1.26.0"), None];
@@ -91,8 +91,18 @@ pub fn render_overlay(kubectl: &Path, overlay: &str) -> Rendered {
 /// `resources` plus `components` (paths under `daemonset/`), as a user's own kustomization
 /// combines them.
 pub fn render_with_components(kubectl: &Path, resources: &[&str], components: &[&str]) -> Rendered {
+    render_with(kubectl, resources, components, "")
+}
+
+/// [`render_with_components`] with `more` (`images:`, `patches:`, …) in the kustomization.
+pub fn render_with(
+    kubectl: &Path,
+    resources: &[&str],
+    components: &[&str],
+    more: &str,
+) -> Rendered {
     let name = format!("{} + {}", resources.join(" + "), components.join(" + "));
-    let (text, objects) = kustomize_with_components(kubectl, resources, components);
+    let (text, objects) = kustomize_with(kubectl, resources, components, more);
     assert!(!objects.is_empty(), "{name} renders nothing");
     Rendered {
         name,
