@@ -720,6 +720,28 @@ async fn a_review_just_under_the_cap_is_reviewed() {
         patch_ops(&r)[0]["value"],
         json!({"limits": {"nvidia.com/mig-1g.10gb": "1"}})
     );
+
+    // Four of them at once (one 8 MiB body used to peak at 152 MiB, four at 334 MiB): every one
+    // reviewed, and the webhook stays far inside its 128 Mi limit.
+    let pid = webhook.child.id();
+    let peak_before = hwm_kib(pid);
+    let replies = futures_join((0..4).map(|i| {
+        let (cert, addr) = (cert.clone(), webhook.addr);
+        let mut body = body.clone();
+        body["request"]["uid"] = json!(format!("uid-big-{i}"));
+        async move { mutate(addr, &cert, &body).await }
+    }))
+    .await;
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r["uid"], format!("uid-big-{i}"));
+        assert_eq!(r["allowed"], true);
+    }
+    let peak = hwm_kib(pid);
+    eprintln!(
+        "four 2.5 MiB reviews at once: peak RSS {} KiB (before {peak_before} KiB)",
+        peak
+    );
+    assert!(peak <= 64 << 10, "peak RSS {peak} KiB for four 2.5 MiB reviews");
 }
 
 #[tokio::test]
