@@ -12,8 +12,11 @@
 
 mod agent;
 mod audit;
+#[path = "../common/cel.rs"]
+mod cel;
 #[path = "../common/mod.rs"]
 mod common;
+mod dra;
 mod hardening;
 mod image;
 mod render;

@@ -19,6 +19,10 @@ const CRD_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule", "Issuer", "Cert
 /// The oldest Kubernetes the README supports, and the validator's newest (its default).
 const KUBERNETES_VERSIONS: &[Option<&str>] = &[Some("1.26.0"), None];
 
+/// DRA (`resource.k8s.io/v1`) is GA from 1.34: the oldest Kubernetes the DRA overlay supports, and
+/// the validator's newest.
+pub const DRA_KUBERNETES_VERSIONS: &[Option<&str>] = &[Some("1.34.0"), None];
+
 pub fn daemonset_dir() -> PathBuf {
     Path::new(ROOT).join("daemonset")
 }
@@ -119,6 +123,11 @@ pub fn render_with_servicemonitor(kubectl: &Path) -> Rendered {
 /// Validate every object but CRD kinds against the Kubernetes OpenAPI schemas, strictly (no
 /// unknown fields), for the oldest supported and the newest Kubernetes.
 pub fn validate(validator: &Path, r: &Rendered) {
+    validate_for(validator, r, KUBERNETES_VERSIONS)
+}
+
+/// [`validate`] against `versions` (`None`: the validator's newest).
+pub fn validate_for(validator: &Path, r: &Rendered, versions: &[Option<&str>]) {
     let documents: Vec<&Value> = r
         .objects
         .iter()
@@ -129,7 +138,7 @@ pub fn validate(validator: &Path, r: &Rendered) {
         yaml.push_str("---\n");
         yaml.push_str(&serde_yaml_ng::to_string(doc).expect("serialize"));
     }
-    for version in KUBERNETES_VERSIONS {
+    for version in versions {
         let label = version.unwrap_or("latest");
         let mut command = Command::new(validator);
         command.arg("--strict");
