@@ -741,7 +741,10 @@ async fn a_review_just_under_the_cap_is_reviewed() {
         "four 2.5 MiB reviews at once: peak RSS {} KiB (before {peak_before} KiB)",
         peak
     );
-    assert!(peak <= 64 << 10, "peak RSS {peak} KiB for four 2.5 MiB reviews");
+    assert!(
+        peak <= 64 << 10,
+        "peak RSS {peak} KiB for four 2.5 MiB reviews"
+    );
 }
 
 #[tokio::test]
