@@ -2,9 +2,9 @@
 //!
 //! Two sides hand devices to containers: the device plugin answers the kubelet's Allocate with a
 //! `ContainerAllocateResponse` (`plugin::response`), and the DRA side (issue 16) writes a CDI
-//! spec per claim. Both convert this one value, built by [`allocate::grant`](fn@super::grant),
-//! instead of each deciding the env, nodes and mounts itself, so what a container gets can never
-//! drift between them.
+//! spec per claim (`ContainerEdits::from_grant` in `cdi::grant`). Both convert this one value,
+//! built by [`allocate::grant`](fn@super::grant), instead of each deciding the env, nodes and
+//! mounts itself, so what a container gets can never drift between them.
 //!
 //! Maps are ordered (`BTreeMap`) so that every conversion, and every spec file written from a
 //! grant, comes out the same for the same grant. Lists keep the order they were built in: it is
