@@ -706,7 +706,7 @@ proptest! {
             })
             .collect();
 
-        let result = allocate::container_response(resource, &ids, &config.plugin, &Default::default());
+        let result = allocate::grant(resource, &ids, &config.plugin, &Default::default());
         prop_assert_eq!(allocate::resolve(resource, &ids).is_ok(), result.is_ok());
         let first_bad = ids.iter().find(|id| {
             resource.device(id).is_none_or(|d| d.health != Health::Healthy)

@@ -8,21 +8,21 @@
 //! The feature env vars are set under pure CDI too, as NVIDIA's plugin does (it sets them before
 //! its all-CDI early return); the CDI names come from [`crate::cdi::extras::allocate_names`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::device_specs::PERMISSIONS;
+use super::grant::{DeviceNode, Mount};
 use super::strategies::{VOLUME_MOUNTS_HOST_PATH, VOLUME_MOUNTS_ROOT};
 use crate::config::PluginSettings;
 use crate::device_nodes::host_path;
 use crate::extras::{imex_channel_path, Feature, NodeExtras, ENABLED};
-use crate::proto::v1beta1::{DeviceSpec, Mount};
 
 /// Env var listing the IMEX channels under the `envvar` strategy.
 pub const NVIDIA_IMEX_CHANNELS: &str = "NVIDIA_IMEX_CHANNELS";
 
 /// `NVIDIA_<FEATURE>=enabled` for every feature `plugin` switches on, found on the node or not
 /// (the runtime hook acts on the variable).
-pub fn feature_envs(envs: &mut HashMap<String, String>, plugin: &PluginSettings) {
+pub fn feature_envs(envs: &mut BTreeMap<String, String>, plugin: &PluginSettings) {
     for feature in Feature::enabled_in(plugin) {
         envs.insert(feature.env().to_string(), ENABLED.to_string());
     }
@@ -56,10 +56,10 @@ pub fn imex_mounts(channels: &[u32]) -> impl Iterator<Item = Mount> + '_ {
 pub fn imex_specs<'a>(
     channels: &'a [u32],
     dev_root: &'a str,
-) -> impl Iterator<Item = DeviceSpec> + 'a {
+) -> impl Iterator<Item = DeviceNode> + 'a {
     channels.iter().map(move |&id| {
         let path = imex_channel_path(id);
-        DeviceSpec {
+        DeviceNode {
             host_path: host_path(dev_root, &path),
             container_path: path,
             permissions: PERMISSIONS.into(),

@@ -1,21 +1,23 @@
-//! Device IDs → what the container runtime needs (`ContainerAllocateResponse`). Pure.
+//! Device IDs → what the container gets (a [`Grant`]). Pure: no wire type of any consumer.
 //!
 //! The request is checked first (every ID known and healthy, replica and vGPU rules), then the
 //! underlying devices are handed over with each configured device-list strategy
 //! ([`strategies`]), plus device nodes ([`device_specs`]), vGPU limits, and what every container
-//! gets: GDS / MOFED / GDRCopy and IMEX channels ([`extras`]).
+//! gets: GDS / MOFED / GDRCopy and IMEX channels ([`extras`]). The device-plugin shell and the
+//! DRA side each convert the one [`Grant`] into their own format (see [`grant`](mod@grant)).
 
 pub mod device_specs;
 pub mod extras;
+pub mod grant;
 pub mod strategies;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::config::PluginSettings;
 use crate::extras::NodeExtras;
-use crate::proto::v1beta1::ContainerAllocateResponse;
 use crate::resources::{Device, Health, Resource, Strategy, VgpuSlice};
 
+pub use grant::{DeviceNode, Grant, Mount};
 pub use strategies::{NVIDIA_VISIBLE_DEVICES, VOLUME_MOUNTS_HOST_PATH, VOLUME_MOUNTS_ROOT};
 
 /// vGPU memory limit, in the HAMi-core interception library's format (`<n>m` = MiB).
@@ -100,26 +102,26 @@ pub fn visible_ids(devices: &[&Device]) -> Vec<String> {
     out
 }
 
-/// Build the response for one container: the request is checked ([`resolve`]), the devices are
-/// handed over with every configured device-list strategy ([`strategies`]), device nodes are
-/// added under `passDeviceSpecs` ([`device_specs`]), vGPU limits as env ([`vgpu_limits`]), and
-/// the node's extras found for this config (`extras`: IMEX channels, GDS / MOFED / GDRCopy).
+/// What one container gets: the request is checked ([`resolve`]), the devices are handed over
+/// with every configured device-list strategy ([`strategies`]), device nodes are added under
+/// `passDeviceSpecs` ([`device_specs`]), vGPU limits as env ([`vgpu_limits`]), and the node's
+/// extras found for this config (`extras`: IMEX channels, GDS / MOFED / GDRCopy).
 ///
-/// Like NVIDIA's plugin, device specs are only passed when at least one non-CDI strategy is
+/// Like NVIDIA's plugin, device nodes are only passed when at least one non-CDI strategy is
 /// configured: with CDI alone the spec file already gives the container its nodes.
-pub fn container_response(
+pub fn grant(
     resource: &Resource,
     ids: &[String],
     plugin: &PluginSettings,
     extras: &NodeExtras,
-) -> Result<ContainerAllocateResponse, AllocateError> {
+) -> Result<Grant, AllocateError> {
     let devices = resolve(resource, ids)?;
     let visible = visible_ids(&devices);
     let channels = extras::imex_channels(plugin, extras);
-    let mut response = ContainerAllocateResponse::default();
-    extras::feature_envs(&mut response.envs, plugin);
+    let mut grant = Grant::default();
+    extras::feature_envs(&mut grant.envs, plugin);
     strategies::apply(
-        &mut response,
+        &mut grant,
         &resource.name,
         &visible,
         &channels,
@@ -129,19 +131,19 @@ pub fn container_response(
     let any_legacy = plugin.device_list_strategies.iter().any(|s| !s.uses_cdi());
     if plugin.pass_device_specs && any_legacy {
         let dev_root = plugin.nvidia_dev_root.as_str();
-        response.devices = device_specs::for_devices(&devices, dev_root);
-        response
-            .devices
+        grant.device_nodes = device_specs::for_devices(&devices, dev_root);
+        grant
+            .device_nodes
             .extend(extras::imex_specs(&channels, dev_root));
     }
-    vgpu_limits(&mut response.envs, &devices);
-    Ok(response)
+    vgpu_limits(&mut grant.envs, &devices);
+    Ok(grant)
 }
 
 /// vGPU slices: `CUDA_DEVICE_MEMORY_LIMIT=<sum of slices>m` and, when the slices carry a
 /// compute share, `CUDA_DEVICE_SM_LIMIT=<sum of shares, at most 100>`. Set whatever the
 /// device-list strategy: the interception library reads them from the container's env.
-pub fn vgpu_limits(envs: &mut HashMap<String, String>, devices: &[&Device]) {
+pub fn vgpu_limits(envs: &mut BTreeMap<String, String>, devices: &[&Device]) {
     let slices: Vec<&VgpuSlice> = devices
         .iter()
         .filter_map(|d| d.target.vgpu.as_ref())

@@ -1,7 +1,7 @@
 //! The device-list strategies (`flags.plugin.deviceListStrategy`): how the allocated devices are
 //! named to the container runtime. Any combination may be configured; each adds its part.
 //!
-//! | strategy | response |
+//! | strategy | grant |
 //! | --- | --- |
 //! | `envvar` | `NVIDIA_VISIBLE_DEVICES=<id>,<id>` |
 //! | `volume-mounts` | `NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices` and one read-only mount of `/dev/null` at `/var/run/nvidia-container-devices/<id>` per device (wins over `envvar`'s value, as in NVIDIA's plugin) |
@@ -13,10 +13,10 @@
 //! the IMEX channels, and the CDI ones the features found (see [`super::extras`]).
 
 use super::extras::{imex_env, imex_mounts, NVIDIA_IMEX_CHANNELS};
+use super::grant::{Grant, Mount};
 use crate::cdi;
 use crate::config::{DeviceListStrategy, PluginSettings};
 use crate::extras::NodeExtras;
-use crate::proto::v1beta1::{CdiDevice, ContainerAllocateResponse, Mount};
 
 /// Env var read by the NVIDIA container runtime.
 pub const NVIDIA_VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
@@ -27,9 +27,9 @@ pub const VOLUME_MOUNTS_HOST_PATH: &str = "/dev/null";
 
 /// Add every configured strategy's part for the devices `visible` (de-duplicated visible IDs)
 /// of `resource`, and for the IMEX `channels` and the features found on the node (`extras`), to
-/// `response`.
+/// `grant`.
 pub fn apply(
-    response: &mut ContainerAllocateResponse,
+    grant: &mut Grant,
     resource: &str,
     visible: &[String],
     channels: &[u32],
@@ -38,20 +38,20 @@ pub fn apply(
 ) {
     let has = |s: DeviceListStrategy| plugin.device_list_strategies.contains(&s);
     if has(DeviceListStrategy::Envvar) {
-        response
+        grant
             .envs
             .insert(NVIDIA_VISIBLE_DEVICES.into(), visible.join(","));
         if !channels.is_empty() {
-            response
+            grant
                 .envs
                 .insert(NVIDIA_IMEX_CHANNELS.into(), imex_env(channels));
         }
     }
     if has(DeviceListStrategy::VolumeMounts) {
-        response
+        grant
             .envs
             .insert(NVIDIA_VISIBLE_DEVICES.into(), VOLUME_MOUNTS_ROOT.into());
-        response.mounts = visible
+        grant.mounts = visible
             .iter()
             .map(|id| Mount {
                 container_path: format!("{VOLUME_MOUNTS_ROOT}/{id}"),
@@ -68,15 +68,12 @@ pub fn apply(
     let mut cdi_names: Vec<String> = visible.iter().map(|id| cdi::device_name(id)).collect();
     cdi_names.extend(cdi::extras::allocate_names(plugin, extras));
     if has(DeviceListStrategy::CdiAnnotations) {
-        response.annotations.insert(
+        grant.annotations.insert(
             cdi::annotation_key(&plugin.cdi_annotation_prefix, resource),
             cdi_names.join(","),
         );
     }
     if has(DeviceListStrategy::CdiCri) {
-        response.cdi_devices = cdi_names
-            .into_iter()
-            .map(|name| CdiDevice { name })
-            .collect();
+        grant.cdi_devices = cdi_names;
     }
 }

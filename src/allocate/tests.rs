@@ -35,8 +35,8 @@ fn allocate(
     config: &Config,
     resource: &str,
     ids: &[String],
-) -> Result<ContainerAllocateResponse, AllocateError> {
-    container_response(
+) -> Result<Grant, AllocateError> {
+    grant(
         set.get(resource).unwrap(),
         ids,
         &config.plugin,
@@ -61,7 +61,7 @@ fn envvar_names_underlying_devices_once() {
         r.envs[NVIDIA_VISIBLE_DEVICES],
         format!("{},{}", inv.gpus[0].uuid, inv.gpus[1].uuid)
     );
-    assert!(r.mounts.is_empty() && r.devices.is_empty() && r.cdi_devices.is_empty());
+    assert!(r.mounts.is_empty() && r.device_nodes.is_empty() && r.cdi_devices.is_empty());
     assert!(r.annotations.is_empty());
 }
 
@@ -97,7 +97,7 @@ fn index_strategy_collapses_replicas_in_request_order_everywhere() {
             "/var/run/nvidia-container-devices/0"
         ]
     );
-    let cdi: Vec<&str> = r.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+    let cdi: Vec<&str> = r.cdi_devices.iter().map(String::as_str).collect();
     assert_eq!(cdi, ["k8s.gpu-agent.io/gpu=1", "k8s.gpu-agent.io/gpu=0"]);
     let envvar_only = with_strategies(config, &[DeviceListStrategy::Envvar]);
     let r = allocate(&set, &envvar_only, "nvidia.com/gpu", &picked).unwrap();
@@ -161,10 +161,7 @@ fn cdi_strategies_name_fully_qualified_devices() {
     .unwrap();
     let name = format!("k8s.gpu-agent.io/gpu={}", mig.uuid);
     assert_eq!(
-        r.cdi_devices
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect::<Vec<_>>(),
+        r.cdi_devices.iter().map(String::as_str).collect::<Vec<_>>(),
         [name.as_str()]
     );
     assert_eq!(
@@ -204,8 +201,8 @@ fn cdi_annotation_prefix_and_envvar_combine() {
     assert!(r.cdi_devices.is_empty());
 }
 
-fn spec_paths(r: &ContainerAllocateResponse) -> Vec<(String, String, String)> {
-    r.devices
+fn spec_paths(r: &Grant) -> Vec<(String, String, String)> {
+    r.device_nodes
         .iter()
         .map(|d| {
             (
@@ -254,7 +251,11 @@ fn device_specs_for_mig_devices_include_both_caps_under_the_dev_root() {
     .unwrap();
     let (gi, ci) = mig.cap_minors(gpu.minor_number);
     assert_ne!(gi, ci);
-    let paths: Vec<String> = r.devices.iter().map(|d| d.container_path.clone()).collect();
+    let paths: Vec<String> = r
+        .device_nodes
+        .iter()
+        .map(|d| d.container_path.clone())
+        .collect();
     assert_eq!(
         paths,
         [
@@ -267,7 +268,7 @@ fn device_specs_for_mig_devices_include_both_caps_under_the_dev_root() {
         ]
     );
     assert!(r
-        .devices
+        .device_nodes
         .iter()
         .all(|d| d.host_path == format!("/run/nvidia/driver{}", d.container_path)));
 }
@@ -278,13 +279,13 @@ fn device_specs_are_left_to_the_cdi_spec_under_cdi_alone() {
         setup("flags: {plugin: {passDeviceSpecs: true, deviceListStrategy: cdi-cri}}");
     let picked = ids(&set, "nvidia.com/gpu", &[0]);
     let r = allocate(&set, &config, "nvidia.com/gpu", &picked).unwrap();
-    assert!(r.devices.is_empty());
+    assert!(r.device_nodes.is_empty());
     let mixed = with_strategies(
         config,
         &[DeviceListStrategy::CdiCri, DeviceListStrategy::VolumeMounts],
     );
     let r = allocate(&set, &mixed, "nvidia.com/gpu", &picked).unwrap();
-    assert_eq!(r.devices.len(), 4);
+    assert_eq!(r.device_nodes.len(), 4);
 }
 
 #[test]

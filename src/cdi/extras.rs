@@ -178,6 +178,7 @@ mod tests {
             [DeviceNode {
                 path: "/dev/nvidia-caps-imex-channels/channel0".into(),
                 host_path: Some("/run/nvidia/driver/dev/nvidia-caps-imex-channels/channel0".into()),
+                permissions: None,
             }]
         );
     }

@@ -11,9 +11,12 @@
 //!   through [`rootfs`]); [`layout`]: where they go in the container (mounts, and the
 //!   `nvidia-ctk` ldcache hook when the toolkit is there), so that a container started through
 //!   CDI alone, with no NVIDIA runtime hook, gets `libcuda.so.1` and `nvidia-smi`.
+//! - [`grant`]: an allocation's [`Grant`](crate::allocate::Grant) as container edits
+//!   (`ContainerEdits::from_grant`), for the DRA side's per-claim spec.
 
 pub mod driver;
 pub mod extras;
+pub mod grant;
 pub mod layout;
 pub mod rootfs;
 pub mod spec;

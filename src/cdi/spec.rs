@@ -80,13 +80,16 @@ pub struct Hook {
     pub args: Vec<String>,
 }
 
-/// A device node: `path` in the container, `host_path` on the host when it differs.
+/// A device node: `path` in the container, `host_path` on the host when it differs, and the
+/// cgroup `permissions` (`r`, `w`, `m`) when not the runtime's default (`rwm`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceNode {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<String>,
 }
 
 impl DeviceNode {
@@ -96,6 +99,7 @@ impl DeviceNode {
         Self {
             host_path: (host != path).then_some(host),
             path,
+            permissions: None,
         }
     }
 }

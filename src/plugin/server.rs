@@ -11,6 +11,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::conn::ConnInfo;
+use super::response;
 use super::status::StatusBoard;
 use crate::allocate;
 use crate::preferred;
@@ -405,16 +406,16 @@ impl DevicePlugin for PluginService {
         let resource = self.advertised(&snapshot)?;
         let mut container_responses = Vec::new();
         for container in request.into_inner().container_requests {
-            match allocate::container_response(
+            match allocate::grant(
                 resource,
                 &container.devices_ids,
                 &snapshot.config.plugin,
                 &snapshot.extras,
             ) {
-                Ok(response) => {
+                Ok(grant) => {
                     self.status.allocation(&self.resource, true);
                     tracing::info!(resource = %self.resource, devices = ?ids::Shown(&container.devices_ids), "allocated");
-                    container_responses.push(response);
+                    container_responses.push(response::container_allocate_response(grant));
                 }
                 Err(error) => {
                     self.status.allocation(&self.resource, false);

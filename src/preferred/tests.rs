@@ -467,13 +467,10 @@ fn vgpu_slices_come_from_one_gpu() {
     // The answer is one Allocate accepts.
     let got = ask(&set, SLICES, &inv, SPREAD, &all, &[], 3);
     let plugin = config::PluginSettings::default();
-    assert!(crate::allocate::container_response(
-        set.get(SLICES).unwrap(),
-        &got,
-        &plugin,
-        &Default::default()
-    )
-    .is_ok());
+    assert!(
+        crate::allocate::grant(set.get(SLICES).unwrap(), &got, &plugin, &Default::default())
+            .is_ok()
+    );
     assert_eq!(config::parse(VGPU_PACKED).unwrap().shared_placement, PACKED);
 }
 

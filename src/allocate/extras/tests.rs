@@ -1,10 +1,9 @@
 use std::collections::BTreeMap;
 
-use crate::allocate::{container_response, NVIDIA_VISIBLE_DEVICES};
+use crate::allocate::{grant, Grant, NVIDIA_VISIBLE_DEVICES};
 use crate::config::{self, Config, DeviceListStrategy, ImexSettings};
 use crate::extras::{Feature, FeatureFiles, NodeExtras};
 use crate::gpu::fixture;
-use crate::proto::v1beta1::ContainerAllocateResponse;
 use crate::resources::{self, ResourceSet};
 
 const NODE: &str = "gpus: [{model: NVIDIA H100 80GB HBM3}, {model: NVIDIA H100 80GB HBM3}]";
@@ -46,13 +45,8 @@ fn found(imex: bool) -> NodeExtras {
     }
 }
 
-fn allocate(
-    config: &Config,
-    set: &ResourceSet,
-    ids: &[String],
-    extras: &NodeExtras,
-) -> ContainerAllocateResponse {
-    container_response(
+fn allocate(config: &Config, set: &ResourceSet, ids: &[String], extras: &NodeExtras) -> Grant {
+    grant(
         set.get("nvidia.com/gpu").unwrap(),
         ids,
         &config.plugin,
@@ -101,7 +95,7 @@ fn cdi_names_the_found_extras_after_the_gpus_in_nvidias_order() {
         "flags: {plugin: {deviceListStrategy: [cdi-cri, cdi-annotations], deviceIDStrategy: index}}",
     );
     let r = allocate(&config, &set, &[uuids[1].clone()], &found(true));
-    let names: Vec<&str> = r.cdi_devices.iter().map(|d| d.name.as_str()).collect();
+    let names: Vec<&str> = r.cdi_devices.iter().map(String::as_str).collect();
     // MOFED is on but has no device on the node: not named.
     let expected = [
         "k8s.gpu-agent.io/gpu=1",
@@ -117,7 +111,7 @@ fn cdi_names_the_found_extras_after_the_gpus_in_nvidias_order() {
     // Pure CDI: no legacy env, no IMEX env, no mounts, no specs.
     assert!(!r.envs.contains_key(NVIDIA_VISIBLE_DEVICES));
     assert!(!r.envs.contains_key("NVIDIA_IMEX_CHANNELS"));
-    assert!(r.mounts.is_empty() && r.devices.is_empty());
+    assert!(r.mounts.is_empty() && r.device_nodes.is_empty());
     // Nothing discovered: the GPUs only.
     let r = allocate(&config, &set, &[uuids[1].clone()], &NodeExtras::default());
     assert_eq!(r.cdi_devices.len(), 1);
@@ -134,7 +128,7 @@ fn imex_channel_under_envvar_volume_mounts_and_device_specs() {
         r.envs[NVIDIA_VISIBLE_DEVICES],
         format!("{},{}", uuids[0], uuids[1])
     );
-    let last = r.devices.last().unwrap();
+    let last = r.device_nodes.last().unwrap();
     assert_eq!(
         (
             last.container_path.as_str(),
@@ -149,7 +143,7 @@ fn imex_channel_under_envvar_volume_mounts_and_device_specs() {
     );
     // GDS etc. are never device specs: they are the runtime hook's (or CDI's) business.
     assert!(!r
-        .devices
+        .device_nodes
         .iter()
         .any(|d| d.container_path.contains("nvidia-fs")));
 
@@ -183,5 +177,8 @@ fn imex_channel_under_envvar_volume_mounts_and_device_specs() {
     let r = allocate(&config, &set, &uuids[..1], &found(false));
     assert!(!r.envs.contains_key("NVIDIA_IMEX_CHANNELS"));
     assert_eq!(r.mounts.len(), 1);
-    assert!(!r.devices.iter().any(|d| d.container_path.contains("imex")));
+    assert!(!r
+        .device_nodes
+        .iter()
+        .any(|d| d.container_path.contains("imex")));
 }
