@@ -348,7 +348,7 @@ pub struct RunArgs {
     #[arg(long, env = "GPU_AGENT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     #[command(flatten)]
-    pub dra: DraArgs,
+    pub dra: Box<DraArgs>,
 }
 
 /// `run`'s Dynamic Resource Allocation flags (SPEC.md section 8).

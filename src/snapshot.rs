@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::dra::partition::{self, DraDevices, Partition};
 use crate::extras::NodeExtras;
 use crate::gpu::Inventory;
 use crate::health::HealthState;
@@ -55,12 +56,31 @@ impl Snapshot {
         health: Arc<HealthState>,
         extras: Arc<NodeExtras>,
     ) -> Result<Self, Vec<BuildError>> {
+        Self::build_partitioned(inventory, config, health, extras, &DraDevices::None)
+    }
+
+    /// [`Self::build_with`] with the GPUs `dra` names handed to DRA: the resources (what the
+    /// device plugin advertises) leave them out, the inventory (metrics, labels, DRA) keeps them.
+    pub fn build_partitioned(
+        inventory: Arc<Inventory>,
+        config: Arc<Config>,
+        health: Arc<HealthState>,
+        extras: Arc<NodeExtras>,
+        dra: &DraDevices,
+    ) -> Result<Self, Vec<BuildError>> {
+        let partition = Partition::new(&inventory, dra);
+        let device_plugin = if partition.is_empty() {
+            None
+        } else {
+            Some(partition::device_plugin_inventory(&inventory, &partition))
+        };
+        let advertised = device_plugin.as_ref().unwrap_or(&inventory);
         let missing: Vec<BuildError> = extras
             .required_imex(&config.plugin)
             .into_iter()
             .map(BuildError::from)
             .collect();
-        let built = match resources::build(&inventory, &config, &health) {
+        let built = match resources::build(advertised, &config, &health) {
             Ok(built) if missing.is_empty() => built,
             Ok(_) => return Err(missing),
             Err(mut errors) => {
