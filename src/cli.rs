@@ -664,6 +664,48 @@ mod tests {
     }
 
     #[test]
+    fn dra_flags_default_and_checks() {
+        use crate::dra::partition::DraDevices;
+        let dra = |extra: &[&str]| {
+            let mut args = vec!["gpu-agent", "run"];
+            args.extend_from_slice(extra);
+            match parse(&args).command {
+                Command::Run(run) => run.dra,
+                _ => unreachable!(),
+            }
+        };
+        let off = dra(&[]);
+        assert!(!off.enabled);
+        assert_eq!(off.selection(), DraDevices::None);
+        assert_eq!(off.driver_name, "gpu.gpu-agent.io");
+        assert_eq!(
+            off.registry_dir,
+            PathBuf::from("/var/lib/kubelet/plugins_registry")
+        );
+        assert_eq!(off.plugins_dir, PathBuf::from("/var/lib/kubelet/plugins"));
+        // --dra-devices alone hands nothing to DRA: --dra turns it on.
+        assert_eq!(dra(&["--dra-devices", "0"]).selection(), DraDevices::None);
+        assert_eq!(dra(&["--dra"]).selection(), DraDevices::All);
+        assert_eq!(
+            dra(&["--dra", "--dra-devices", "1,GPU-x"]).selection(),
+            DraDevices::List(vec!["1".into(), "GPU-x".into()])
+        );
+        assert_eq!(
+            dra(&["--dra=false", "--dra-devices", "all"]).selection(),
+            DraDevices::None
+        );
+        let err = Cli::try_parse_from(["gpu-agent", "run", "--dra-driver-name", "GPU.io"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--dra-driver-name")
+                && err.contains("GPU.io")
+                && err.contains("DNS subdomain"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn nvidia_values_are_checked_and_trimmed() {
         let err = |args: &[&str]| Cli::try_parse_from(args).unwrap_err().to_string();
         assert!(err(&["gpu-agent", "run", "--imex-channel-ids", "0,1"])

@@ -132,6 +132,42 @@ mod tests {
     }
 
     #[test]
+    fn dra_gpus_are_left_out_of_the_resources_but_not_the_inventory() {
+        let inventory = fixture::parse(
+            "gpus:\n  - {model: NVIDIA H100 80GB HBM3}\n  - {model: NVIDIA H100 80GB HBM3}\n",
+        )
+        .unwrap()
+        .inventory;
+        let dra_uuid = inventory.gpus[1].uuid.clone();
+        let snapshot = Snapshot::build_partitioned(
+            Arc::new(inventory),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            &DraDevices::List(vec!["1".into()]),
+        )
+        .unwrap();
+        assert_eq!(snapshot.inventory.gpus.len(), 2);
+        let advertised: Vec<String> = snapshot
+            .resources
+            .names()
+            .flat_map(|name| snapshot.resources.get(name))
+            .flat_map(|r| r.devices.iter().map(|d| d.target.gpu_uuid.clone()))
+            .collect();
+        assert_eq!(advertised.len(), 1);
+        assert!(!advertised.contains(&dra_uuid));
+        let all = Snapshot::build_partitioned(
+            snapshot.inventory.clone(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            &DraDevices::All,
+        )
+        .unwrap();
+        assert!(all.resources.is_empty());
+    }
+
+    #[test]
     fn a_required_imex_channel_missing_refuses_the_config() {
         let missing = NodeExtras {
             imex_missing: vec![MissingImexChannel {
