@@ -228,6 +228,7 @@ async fn pipeline() -> Result<Pipeline> {
             config: config_rx,
             health: health_rx.clone(),
             probe: gpu_agent::extras::discover::Probe::host(),
+            dra: Default::default(),
         },
         snapshot_tx,
         policy_tx,

@@ -347,6 +347,76 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "GPU_AGENT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub dra: Box<DraArgs>,
+}
+
+/// `run`'s Dynamic Resource Allocation flags (SPEC.md section 8).
+#[derive(Debug, Clone, Args)]
+pub struct DraArgs {
+    /// Also act as a DRA driver: register with the kubelet's plugin watcher and prepare
+    /// ResourceClaims for the GPUs handed to DRA.
+    #[arg(long = "dra", env = "GPU_AGENT_DRA", num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), value_name = "BOOL", default_value = "false")]
+    pub enabled: bool,
+    /// DRA driver name (a DNS subdomain): the registration name, ResourceSlice `spec.driver`.
+    #[arg(long = "dra-driver-name", env = "GPU_AGENT_DRA_DRIVER_NAME",
+          default_value = crate::dra::DEFAULT_DRIVER_NAME, value_parser = parse_driver_name,
+          value_name = "NAME")]
+    pub driver_name: String,
+    /// GPUs handed to DRA: all, none, or a comma-separated list of indexes and UUIDs; the rest
+    /// stay with the device plugin (default with --dra: all).
+    #[arg(long = "dra-devices", env = "GPU_AGENT_DRA_DEVICES",
+          value_parser = parse_dra_devices, value_name = "all|none|LIST")]
+    pub devices: Option<crate::dra::partition::DraDevices>,
+    /// The kubelet's plugin-watcher directory, where the registration socket goes.
+    #[arg(
+        long = "kubelet-registry-dir",
+        env = "GPU_AGENT_KUBELET_REGISTRY_DIR",
+        default_value = "/var/lib/kubelet/plugins_registry",
+        value_name = "DIR"
+    )]
+    pub registry_dir: PathBuf,
+    /// The kubelet's plugins directory; the DRA socket and checkpoint go in `<DIR>/<driver name>/`.
+    #[arg(
+        long = "kubelet-plugins-dir",
+        env = "GPU_AGENT_KUBELET_PLUGINS_DIR",
+        default_value = "/var/lib/kubelet/plugins",
+        value_name = "DIR"
+    )]
+    pub plugins_dir: PathBuf,
+    /// Kubeconfig for the API server (default: the in-cluster config).
+    #[arg(long = "kubeconfig", env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Test only: read ResourceClaims from this JSON file instead of the API server (see
+    /// docs/dra.md).
+    #[arg(
+        long = "dra-claims-file",
+        env = "GPU_AGENT_TEST_DRA_CLAIMS",
+        hide = true,
+        value_name = "PATH"
+    )]
+    pub claims_file: Option<PathBuf>,
+}
+
+impl DraArgs {
+    /// The GPUs handed to DRA: none without `--dra`, else `--dra-devices` (default all).
+    pub fn selection(&self) -> crate::dra::partition::DraDevices {
+        use crate::dra::partition::DraDevices;
+        match (&self.enabled, &self.devices) {
+            (false, _) => DraDevices::None,
+            (true, Some(devices)) => devices.clone(),
+            (true, None) => DraDevices::All,
+        }
+    }
+}
+
+fn parse_driver_name(s: &str) -> Result<String, String> {
+    crate::dra::names::check_driver_name(s).map(|()| s.to_string())
+}
+
+fn parse_dra_devices(s: &str) -> Result<crate::dra::partition::DraDevices, String> {
+    s.parse()
 }
 
 impl RunArgs {
@@ -591,6 +661,48 @@ mod tests {
             Some(PathBuf::from("/k/kubelet.sock"))
         );
         assert_eq!(run(&["--kubelet-socket", ""]), None);
+    }
+
+    #[test]
+    fn dra_flags_default_and_checks() {
+        use crate::dra::partition::DraDevices;
+        let dra = |extra: &[&str]| {
+            let mut args = vec!["gpu-agent", "run"];
+            args.extend_from_slice(extra);
+            match parse(&args).command {
+                Command::Run(run) => run.dra,
+                _ => unreachable!(),
+            }
+        };
+        let off = dra(&[]);
+        assert!(!off.enabled);
+        assert_eq!(off.selection(), DraDevices::None);
+        assert_eq!(off.driver_name, "gpu.gpu-agent.io");
+        assert_eq!(
+            off.registry_dir,
+            PathBuf::from("/var/lib/kubelet/plugins_registry")
+        );
+        assert_eq!(off.plugins_dir, PathBuf::from("/var/lib/kubelet/plugins"));
+        // --dra-devices alone hands nothing to DRA: --dra turns it on.
+        assert_eq!(dra(&["--dra-devices", "0"]).selection(), DraDevices::None);
+        assert_eq!(dra(&["--dra"]).selection(), DraDevices::All);
+        assert_eq!(
+            dra(&["--dra", "--dra-devices", "1,GPU-x"]).selection(),
+            DraDevices::List(vec!["1".into(), "GPU-x".into()])
+        );
+        assert_eq!(
+            dra(&["--dra=false", "--dra-devices", "all"]).selection(),
+            DraDevices::None
+        );
+        let err = Cli::try_parse_from(["gpu-agent", "run", "--dra-driver-name", "GPU.io"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--dra-driver-name")
+                && err.contains("GPU.io")
+                && err.contains("DNS subdomain"),
+            "{err}"
+        );
     }
 
     #[test]

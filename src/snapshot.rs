@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::dra::partition::{self, DraDevices, Partition};
 use crate::extras::NodeExtras;
 use crate::gpu::Inventory;
 use crate::health::HealthState;
@@ -55,12 +56,31 @@ impl Snapshot {
         health: Arc<HealthState>,
         extras: Arc<NodeExtras>,
     ) -> Result<Self, Vec<BuildError>> {
+        Self::build_partitioned(inventory, config, health, extras, &DraDevices::None)
+    }
+
+    /// [`Self::build_with`] with the GPUs `dra` names handed to DRA: the resources (what the
+    /// device plugin advertises) leave them out, the inventory (metrics, labels, DRA) keeps them.
+    pub fn build_partitioned(
+        inventory: Arc<Inventory>,
+        config: Arc<Config>,
+        health: Arc<HealthState>,
+        extras: Arc<NodeExtras>,
+        dra: &DraDevices,
+    ) -> Result<Self, Vec<BuildError>> {
+        let partition = Partition::new(&inventory, dra);
+        let device_plugin = if partition.is_empty() {
+            None
+        } else {
+            Some(partition::device_plugin_inventory(&inventory, &partition))
+        };
+        let advertised = device_plugin.as_ref().unwrap_or(&inventory);
         let missing: Vec<BuildError> = extras
             .required_imex(&config.plugin)
             .into_iter()
             .map(BuildError::from)
             .collect();
-        let built = match resources::build(&inventory, &config, &health) {
+        let built = match resources::build(advertised, &config, &health) {
             Ok(built) if missing.is_empty() => built,
             Ok(_) => return Err(missing),
             Err(mut errors) => {
@@ -109,6 +129,42 @@ mod tests {
             Arc::default(),
             Arc::new(extras),
         )
+    }
+
+    #[test]
+    fn dra_gpus_are_left_out_of_the_resources_but_not_the_inventory() {
+        let inventory = fixture::parse(
+            "gpus:\n  - {model: NVIDIA H100 80GB HBM3}\n  - {model: NVIDIA H100 80GB HBM3}\n",
+        )
+        .unwrap()
+        .inventory;
+        let dra_uuid = inventory.gpus[1].uuid.clone();
+        let snapshot = Snapshot::build_partitioned(
+            Arc::new(inventory),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            &DraDevices::List(vec!["1".into()]),
+        )
+        .unwrap();
+        assert_eq!(snapshot.inventory.gpus.len(), 2);
+        let advertised: Vec<String> = snapshot
+            .resources
+            .names()
+            .flat_map(|name| snapshot.resources.get(name))
+            .flat_map(|r| r.devices.iter().map(|d| d.target.gpu_uuid.clone()))
+            .collect();
+        assert_eq!(advertised.len(), 1);
+        assert!(!advertised.contains(&dra_uuid));
+        let all = Snapshot::build_partitioned(
+            snapshot.inventory.clone(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            &DraDevices::All,
+        )
+        .unwrap();
+        assert!(all.resources.is_empty());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Inputs {
     pub config: watch::Receiver<Arc<Config>>,
     pub health: watch::Receiver<Arc<HealthState>>,
     pub probe: Probe,
+    /// GPUs handed to DRA, left out of the device plugin's resources.
+    pub dra: crate::dra::partition::DraDevices,
 }
 
 /// Run until every input sender is gone or `shutdown`.
@@ -55,7 +57,13 @@ pub async fn run(
         } else {
             (good_config.clone(), good_extras.clone())
         };
-        match Snapshot::build_with(inventory, config.clone(), health, extras.clone()) {
+        match Snapshot::build_partitioned(
+            inventory,
+            config.clone(),
+            health,
+            extras.clone(),
+            &inputs.dra,
+        ) {
             Ok(snapshot) => {
                 snapshot.log_warnings();
                 if config_changed {
@@ -141,6 +149,7 @@ mod tests {
                 config: config_rx,
                 health: health_rx,
                 probe: Probe::at(roots),
+                dra: Default::default(),
             },
             snapshot_tx,
             policy_tx,

@@ -59,6 +59,8 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         tracker,
         health_env,
     } = load_node(&args.inventory)?;
+    let dra_devices = args.dra.selection();
+    let snapshot = partition_first(snapshot, &dra_devices)?;
     let inventory = snapshot.inventory.clone();
     let config = snapshot.config.clone();
     let health = snapshot.health.clone();
@@ -133,6 +135,7 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
             config: config_rx,
             health: health_rx,
             probe: crate::extras::discover::Probe::host(),
+            dra: dra_devices.clone(),
         },
         snapshot_tx,
         policy_tx,
@@ -172,6 +175,12 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         xid_counts,
     };
     let plugins = tokio::spawn(manager::run(ctx, shutdown.clone()));
+    let dra = args.dra.enabled.then(|| {
+        tokio::spawn(crate::dra::run(
+            dra_context(&args, &handles, dra_devices.clone(), shutdown.clone()),
+            claim_source(&args),
+        ))
+    });
     let http = match listener {
         Some(listener) => Some(spawn_metrics(
             listener,
@@ -197,12 +206,75 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
     drop(event_tx);
     drop(inventory_tx);
     let _ = plugins.await;
+    if let Some(dra) = dra {
+        let _ = dra.await;
+    }
     if let Some(http) = http {
         // Idle keep-alive connections could hold a graceful shutdown open; do not wait for them.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), http).await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The first snapshot with DRA's GPUs left out of the device plugin's resources (the snapshot
+/// `load_node` built advertises every GPU).
+fn partition_first(
+    snapshot: Snapshot,
+    dra: &crate::dra::partition::DraDevices,
+) -> Result<Snapshot, Fatal> {
+    if *dra == crate::dra::partition::DraDevices::None {
+        return Ok(snapshot);
+    }
+    let part = crate::dra::partition::Partition::new(&snapshot.inventory, dra);
+    if !part.unknown.is_empty() {
+        tracing::warn!(unknown = ?part.unknown, "--dra-devices names GPUs this node does not have");
+    }
+    let snapshot = Snapshot::build_partitioned(
+        snapshot.inventory.clone(),
+        snapshot.config.clone(),
+        snapshot.health.clone(),
+        snapshot.extras.clone(),
+        dra,
+    )
+    .map_err(crate::commands::build_failure)?;
+    tracing::info!(
+        dra_gpus = part.uuids().count(),
+        device_plugin_gpus = snapshot.inventory.gpus.len() - part.uuids().count(),
+        "GPUs split between DRA and the device plugin"
+    );
+    Ok(snapshot)
+}
+
+/// Where the DRA driver runs.
+fn dra_context(
+    args: &RunArgs,
+    handles: &Handles,
+    devices: crate::dra::partition::DraDevices,
+    shutdown: watch::Receiver<bool>,
+) -> crate::dra::DraContext {
+    crate::dra::DraContext {
+        driver_name: args.dra.driver_name.clone(),
+        node: handles.node.clone(),
+        registry_dir: args.dra.registry_dir.clone(),
+        plugins_dir: args.dra.plugins_dir.clone(),
+        cdi_dir: args.cdi_spec_dir.clone(),
+        devices,
+        snapshots: handles.snapshots.clone(),
+        shutdown,
+    }
+}
+
+/// Where ResourceClaims are read from: the test-only claims file when given, else (until the
+/// API-server client is wired in here) nowhere.
+fn claim_source(args: &RunArgs) -> Arc<dyn crate::dra::claims::ClaimSource> {
+    match &args.dra.claims_file {
+        Some(path) => {
+            tracing::warn!(path = %path.display(), "test only: ResourceClaims are read from a file, not the API server");
+            Arc::new(crate::dra::claims::FileClaims::new(path.clone()))
+        }
+        None => Arc::new(crate::dra::claims::NoApiServer),
+    }
 }
 
 /// Start the telemetry collector, the pod-resources poller and the HTTP server: the caches only

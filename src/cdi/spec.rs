@@ -19,7 +19,7 @@ use super::driver::Driver;
 use super::{layout, CDI_VERSION, KIND};
 use crate::config::PluginSettings;
 use crate::device_nodes;
-use crate::gpu::Inventory;
+use crate::gpu::{Gpu, Inventory, MigDevice};
 use crate::resources::ids;
 
 /// Env edit keeping the legacy NVIDIA hook away from CDI containers.
@@ -123,42 +123,60 @@ impl Spec {
 /// found.
 pub fn build(inventory: &Inventory, plugin: &PluginSettings, driver: Option<&Driver>) -> Spec {
     let dev_root = plugin.nvidia_dev_root.as_str();
-    let edits = |paths: Vec<String>| ContainerEdits {
-        device_nodes: paths
-            .into_iter()
-            .map(|p| DeviceNode::new(p, dev_root))
-            .collect(),
-        ..ContainerEdits::default()
-    };
     let mut devices = Vec::new();
     for gpu in &inventory.gpus {
-        let nodes = vec![device_nodes::gpu(gpu.minor_number)];
+        let nodes = gpu_nodes(gpu, dev_root);
         for name in [gpu.uuid.clone(), gpu.index.to_string()] {
             devices.push(Device {
                 name,
-                container_edits: edits(nodes.clone()),
+                container_edits: nodes.clone(),
             });
         }
         for mig in &gpu.mig_devices {
-            let (gi, ci) = mig.cap_minors(gpu.minor_number);
-            let nodes = vec![
-                device_nodes::gpu(gpu.minor_number),
-                device_nodes::cap(gi),
-                device_nodes::cap(ci),
-            ];
+            let nodes = mig_nodes(gpu, mig, dev_root);
             for name in [mig.uuid.clone(), ids::mig_index(gpu.index, mig.index)] {
                 devices.push(Device {
                     name,
-                    container_edits: edits(nodes.clone()),
+                    container_edits: nodes.clone(),
                 });
             }
         }
     }
-    let mut common = edits(
+    Spec {
+        cdi_version: CDI_VERSION.to_string(),
+        kind: KIND.to_string(),
+        devices,
+        container_edits: common_edits(plugin, driver),
+    }
+}
+
+/// The edits of one whole GPU: its `/dev/nvidiaN` node.
+pub fn gpu_nodes(gpu: &Gpu, dev_root: &str) -> ContainerEdits {
+    node_edits(vec![device_nodes::gpu(gpu.minor_number)], dev_root)
+}
+
+/// The edits of one MIG device: its parent's node and its GPU-instance and compute-instance caps.
+pub fn mig_nodes(gpu: &Gpu, mig: &MigDevice, dev_root: &str) -> ContainerEdits {
+    let (gi, ci) = mig.cap_minors(gpu.minor_number);
+    node_edits(
+        vec![
+            device_nodes::gpu(gpu.minor_number),
+            device_nodes::cap(gi),
+            device_nodes::cap(ci),
+        ],
+        dev_root,
+    )
+}
+
+/// The edits every container with one of our devices gets: the control nodes,
+/// `NVIDIA_VISIBLE_DEVICES=void`, and the driver's files (mounts, hooks) when it was found.
+pub fn common_edits(plugin: &PluginSettings, driver: Option<&Driver>) -> ContainerEdits {
+    let mut common = node_edits(
         device_nodes::CONTROL
             .iter()
             .map(|p| p.to_string())
             .collect(),
+        &plugin.nvidia_dev_root,
     );
     common.env.push(VISIBLE_DEVICES_VOID.to_string());
     if let Some(driver) = driver {
@@ -166,11 +184,16 @@ pub fn build(inventory: &Inventory, plugin: &PluginSettings, driver: Option<&Dri
         common.mounts = files.mounts;
         common.hooks = files.hooks;
     }
-    Spec {
-        cdi_version: CDI_VERSION.to_string(),
-        kind: KIND.to_string(),
-        devices,
-        container_edits: common,
+    common
+}
+
+fn node_edits(paths: Vec<String>, dev_root: &str) -> ContainerEdits {
+    ContainerEdits {
+        device_nodes: paths
+            .into_iter()
+            .map(|p| DeviceNode::new(p, dev_root))
+            .collect(),
+        ..ContainerEdits::default()
     }
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod dra_kubelet;
 mod kubelet;
 pub use kubelet::*;
 
