@@ -153,10 +153,25 @@ pub fn vgpu_limits(envs: &mut BTreeMap<String, String>, devices: &[&Device]) {
     };
     // Slices of one GPU add up: two 10 GiB slices give the container 20 GiB.
     let memory: u64 = slices.iter().map(|v| v.memory_mib).sum();
-    envs.insert(CUDA_DEVICE_MEMORY_LIMIT.into(), format!("{memory}m"));
-    if let Some(pct) = first.compute_percent {
-        let total = (u64::from(pct) * slices.len() as u64).min(100);
-        envs.insert(CUDA_DEVICE_SM_LIMIT.into(), total.to_string());
+    let compute = first
+        .compute_percent
+        .map(|pct| (u64::from(pct) * slices.len() as u64).min(100) as u32);
+    hami_limits(envs, Some(memory), compute);
+}
+
+/// The HAMi-core env for a memory limit (MiB) and an SM share (percent): the one place both
+/// sides spell it, the device plugin's vGPU slices ([`vgpu_limits`]) and a DRA claim's opaque
+/// config (`dra::prepare`).
+pub fn hami_limits(
+    envs: &mut BTreeMap<String, String>,
+    memory_mib: Option<u64>,
+    compute_percent: Option<u32>,
+) {
+    if let Some(memory) = memory_mib {
+        envs.insert(CUDA_DEVICE_MEMORY_LIMIT.into(), format!("{memory}m"));
+    }
+    if let Some(pct) = compute_percent {
+        envs.insert(CUDA_DEVICE_SM_LIMIT.into(), pct.to_string());
     }
 }
 

@@ -20,7 +20,7 @@ use super::cdi;
 use super::claims::{Claim, OpaqueConfig};
 use super::names;
 use super::partition::Partition;
-use crate::allocate::{CUDA_DEVICE_MEMORY_LIMIT, CUDA_DEVICE_SM_LIMIT};
+use crate::allocate::Grant;
 use crate::cdi::driver::Driver;
 use crate::cdi::spec::{self, ContainerEdits, Spec};
 use crate::config::PluginSettings;
@@ -247,14 +247,10 @@ fn env_for(limits: &BTreeMap<String, Limits>, requests: &[String]) -> Vec<String
             }
         }
     }
-    let mut env = Vec::new();
-    if let Some(mib) = merged.memory_mib {
-        env.push(format!("{CUDA_DEVICE_MEMORY_LIMIT}={mib}m"));
-    }
-    if let Some(pct) = merged.compute_percent {
-        env.push(format!("{CUDA_DEVICE_SM_LIMIT}={pct}"));
-    }
-    env
+    // Through a grant, as the device plugin's Allocate: the same env, spelled in one place.
+    let mut grant = Grant::default();
+    crate::allocate::hami_limits(&mut grant.envs, merged.memory_mib, merged.compute_percent);
+    ContainerEdits::from_grant(&grant).env
 }
 
 #[cfg(test)]
