@@ -57,14 +57,40 @@ pub fn cache() -> (watch::Sender<Arc<PodAllocations>>, PodCache) {
     watch::channel(Arc::new(PodAllocations::default()))
 }
 
-/// Keep the containers' devices of the resources we advertise. Pure.
+/// Our DRA driver's devices in the pod-resources answer: the driver's name and our pool (the
+/// node's name). The kubelet reports DRA claims under `dynamic_resources` since 1.28.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraIdentity {
+    pub driver: String,
+    pub pool: String,
+}
+
+/// Keep the containers' devices of the resources we advertise, and with `dra` the devices of
+/// our driver's pool in their DRA claims (resource: the driver's name; device ID: the DRA device
+/// name, `gpu-0` or `gpu-0-mig-1-0`). Pure.
 pub fn ours(
     response: &ListPodResourcesResponse,
     resources: &BTreeSet<&str>,
+    dra: Option<&DraIdentity>,
 ) -> Vec<ContainerDevice> {
     let mut out = BTreeSet::new();
     for pod in &response.pod_resources {
         for container in &pod.containers {
+            if let Some(dra) = dra {
+                for claim in &container.dynamic_resources {
+                    for device in &claim.claim_resources {
+                        if device.driver_name == dra.driver && device.pool_name == dra.pool {
+                            out.insert(ContainerDevice {
+                                namespace: pod.namespace.clone(),
+                                pod: pod.name.clone(),
+                                container: container.name.clone(),
+                                resource: dra.driver.clone(),
+                                device_id: device.device_name.clone(),
+                            });
+                        }
+                    }
+                }
+            }
             for devices in &container.devices {
                 if !resources.contains(devices.resource_name.as_str()) {
                     continue;
@@ -107,6 +133,7 @@ pub async fn run(
     socket: PathBuf,
     interval: Duration,
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    dra: Option<DraIdentity>,
     out: watch::Sender<Arc<PodAllocations>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -123,7 +150,7 @@ pub async fn run(
                 exhausted = 0;
                 let snapshot = snapshots.borrow().clone();
                 let names: BTreeSet<&str> = snapshot.resources.names().collect();
-                let devices = ours(&response, &names);
+                let devices = ours(&response, &names, dra.as_ref());
                 let next = PodAllocations { devices, up: true };
                 if **out.borrow() != next {
                     out.send_replace(Arc::new(next));
@@ -268,12 +295,58 @@ mod tests {
             ],
         };
         let names: BTreeSet<&str> = ["nvidia.com/gpu"].into_iter().collect();
-        let got = ours(&response, &names);
+        let got = ours(&response, &names, None);
         let ids: Vec<(&str, &str)> = got
             .iter()
             .map(|d| (d.pod.as_str(), d.device_id.as_str()))
             .collect();
         assert_eq!(ids, [("p1", "GPU-1::0"), ("p2", "GPU-1::1")]);
+    }
+
+    #[test]
+    fn dra_claims_of_our_driver_and_pool_are_kept_by_device_name() {
+        use crate::proto::podresources_v1::{ClaimResource, DynamicResource};
+        let claim = |driver: &str, pool: &str, device: &str| ClaimResource {
+            cdi_devices: vec![],
+            driver_name: driver.into(),
+            pool_name: pool.into(),
+            device_name: device.into(),
+        };
+        let mut p = pod("ml", "trainer", &[("main", "nvidia.com/gpu", &["GPU-1"])]);
+        p.containers[0].dynamic_resources = vec![DynamicResource {
+            claim_name: "trainer-gpu".into(),
+            claim_namespace: "ml".into(),
+            claim_resources: vec![
+                claim("gpu.gpu-agent.io", "node-a", "gpu-3"),
+                claim("gpu.gpu-agent.io", "node-a", "gpu-0-mig-1-0"),
+                // Another driver's device, and our driver's name in another pool.
+                claim("gpu.nvidia.com", "node-a", "gpu-4"),
+                claim("gpu.gpu-agent.io", "node-b", "gpu-5"),
+            ],
+        }];
+        let response = ListPodResourcesResponse {
+            pod_resources: vec![p],
+        };
+        let names: BTreeSet<&str> = ["nvidia.com/gpu"].into_iter().collect();
+        let dra = DraIdentity {
+            driver: "gpu.gpu-agent.io".into(),
+            pool: "node-a".into(),
+        };
+        let got = ours(&response, &names, Some(&dra));
+        let held: Vec<(&str, &str)> = got
+            .iter()
+            .map(|d| (d.resource.as_str(), d.device_id.as_str()))
+            .collect();
+        assert_eq!(
+            held,
+            [
+                ("gpu.gpu-agent.io", "gpu-0-mig-1-0"),
+                ("gpu.gpu-agent.io", "gpu-3"),
+                ("nvidia.com/gpu", "GPU-1"),
+            ]
+        );
+        // Without DRA the claims are not ours.
+        assert_eq!(ours(&response, &names, None).len(), 1);
     }
 
     #[test]

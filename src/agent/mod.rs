@@ -300,6 +300,10 @@ fn spawn_metrics(
         args.pod_resources_socket.clone(),
         args.collect_interval,
         handles.snapshots.clone(),
+        args.dra.enabled.then(|| podresources::DraIdentity {
+            driver: args.dra.driver_name.clone(),
+            pool: handles.node.clone(),
+        }),
         pods_tx,
         shutdown.clone(),
     ));

@@ -425,6 +425,44 @@ fn attribution_maps_every_sharer_to_the_device_uuid() {
     assert_eq!(series(&fams, "gpu_agent_pod_resources_up")[0].1, 1.0);
 }
 
+/// DRA claims come from the pod-resources API as (driver, DRA device name): attributed to the
+/// GPU or MIG device the name resolves to.
+#[test]
+fn dra_claims_are_attributed_by_their_device_name() {
+    let f = fixture(None, HealthState::default());
+    let inventory = &f.snapshot.inventory;
+    let gpu0 = inventory.gpus[0].uuid.clone();
+    let gpu1 = &inventory.gpus[1];
+    let mig = &gpu1.mig_devices[0];
+    let mig_name = crate::dra::names::of_mig(gpu1, mig);
+    let driver = "gpu.gpu-agent.io";
+    let state = State {
+        pods: PodAllocations {
+            devices: vec![
+                held("a", driver, "gpu-0".into()),
+                held("b", driver, mig_name.clone()),
+                held("c", driver, "gpu-9".into()),
+            ],
+            up: true,
+        },
+        ..State::default()
+    };
+    let fams = build(&view(&f, &state));
+    let got = series(&fams, "gpu_container_allocation");
+    assert_eq!(got.len(), 2, "{got:?}");
+    let by_pod: BTreeMap<&str, (&str, &str)> = got
+        .iter()
+        .map(|(l, _)| {
+            (
+                l["pod"].as_str(),
+                (l["uuid"].as_str(), l["resource"].as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(by_pod["a"], (gpu0.as_str(), driver));
+    assert_eq!(by_pod["b"], (mig.uuid.as_str(), driver));
+}
+
 #[test]
 fn agent_metrics_report_counters_advertised_devices_and_registration() {
     let f = fixture(None, HealthState::default());

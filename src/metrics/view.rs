@@ -182,12 +182,19 @@ pub fn holders<'a>(view: &View<'a>, devices: &[Device<'_>]) -> Vec<Holder<'a>> {
         .iter()
         .enumerate()
         .filter_map(|(position, held)| {
-            let device = view
-                .snapshot
-                .resources
-                .get(&held.resource)?
-                .device_or_legacy(&held.device_id)?;
-            let uuid = device.target.device_uuid();
+            let uuid = match view.snapshot.resources.get(&held.resource) {
+                Some(resource) => resource
+                    .device_or_legacy(&held.device_id)?
+                    .target
+                    .device_uuid(),
+                // Not a device-plugin resource: a device of our DRA driver's pool, by its DRA name.
+                None => {
+                    match crate::dra::names::resolve(&view.snapshot.inventory, &held.device_id)? {
+                        (_, Some(mig)) => mig.uuid.as_str(),
+                        (gpu, None) => gpu.uuid.as_str(),
+                    }
+                }
+            };
             Some(Holder {
                 position,
                 held,
