@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod device_nodes;
+pub mod dra_api;
 pub mod extras;
 pub mod gpu;
 pub mod health;
