@@ -270,7 +270,7 @@ pub fn binary_quantity_mib(mib: u64) -> String {
     }
     let mut value = mib;
     let mut step = 0;
-    while step + 1 < SUFFIXES.len() && value % 1024 == 0 {
+    while step + 1 < SUFFIXES.len() && value.is_multiple_of(1024) {
         value /= 1024;
         step += 1;
     }
@@ -285,7 +285,7 @@ pub fn decimal_quantity(n: u64) -> String {
     }
     let mut value = n;
     let mut step = 0;
-    while step + 1 < SUFFIXES.len() && value % 1000 == 0 {
+    while step + 1 < SUFFIXES.len() && value.is_multiple_of(1000) {
         value /= 1000;
         step += 1;
     }

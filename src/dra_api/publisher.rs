@@ -190,12 +190,8 @@ impl Publisher {
         loop {
             self.list().await;
             self.sync().await;
-            loop {
-                match self.watch().await {
-                    WatchEnd::Rewatch => continue,
-                    WatchEnd::Relist => break,
-                }
-            }
+            // Re-open the watch until it says the resourceVersion expired: then list again.
+            while let WatchEnd::Rewatch = self.watch().await {}
         }
     }
 
