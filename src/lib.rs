@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod device_nodes;
 pub mod dra;
+pub mod dra_api;
 pub mod extras;
 pub mod gpu;
 pub mod health;
