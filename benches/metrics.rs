@@ -33,7 +33,7 @@ fn sources() -> (Sources, watch::Sender<Arc<TelemetrySample>>) {
         .telemetry(&inventory);
     let replicas = common::replica_ids();
     let names: BTreeSet<&str> = snapshot.resources.names().collect();
-    let held = podresources::ours(&common::pods(&replicas), &names);
+    let held = podresources::ours(&common::pods(&replicas), &names, None);
     assert_eq!(held.len(), common::CONTAINERS);
 
     let status = StatusBoard::default();

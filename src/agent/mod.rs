@@ -175,12 +175,18 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         xid_counts,
     };
     let plugins = tokio::spawn(manager::run(ctx, shutdown.clone()));
-    let dra = args.dra.enabled.then(|| {
-        tokio::spawn(crate::dra::run(
+    let dra = if args.dra.enabled {
+        let api = dra_api_client(&args).await?;
+        if let Some(client) = &api {
+            spawn_slice_publisher(client.clone(), &args, &handles, &dra_devices, &shutdown);
+        }
+        Some(tokio::spawn(crate::dra::run(
             dra_context(&args, &handles, dra_devices.clone(), shutdown.clone()),
-            claim_source(&args),
-        ))
-    });
+            claim_source(&args, api),
+        )))
+    } else {
+        None
+    };
     let http = match listener {
         Some(listener) => Some(spawn_metrics(
             listener,
@@ -265,15 +271,69 @@ fn dra_context(
     }
 }
 
-/// Where ResourceClaims are read from: the test-only claims file when given, else (until the
-/// API-server client is wired in here) nowhere.
-fn claim_source(args: &RunArgs) -> Arc<dyn crate::dra::claims::ClaimSource> {
-    match &args.dra.claims_file {
-        Some(path) => {
+/// The API-server client for DRA: from `--kubeconfig` / `KUBECONFIG`, else the pod's service
+/// account. None only in the test-only mode where claims come from a file and no kubeconfig is
+/// given (no ResourceSlices are published then). A missing or broken configuration is fatal at
+/// start: a DRA driver that cannot publish its devices offers nothing.
+async fn dra_api_client(args: &RunArgs) -> Result<Option<kube::Client>, Fatal> {
+    if args.dra.claims_file.is_some() && args.dra.kubeconfig.is_none() {
+        tracing::warn!("test only: no API server configured; ResourceSlices are not published");
+        return Ok(None);
+    }
+    crate::dra_api::client(args.dra.kubeconfig.as_deref())
+        .await
+        .map(Some)
+        .map_err(|e| Fatal::Other(format!("--dra: no usable API server configuration: {e}")))
+}
+
+/// Keep this node's ResourceSlices in the API server in step with the snapshots: the GPUs handed
+/// to DRA and their MIG devices, healthy ones only (an XID takes a device out of the slice).
+fn spawn_slice_publisher(
+    client: kube::Client,
+    args: &RunArgs,
+    handles: &Handles,
+    dra_devices: &crate::dra::partition::DraDevices,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let first = handles.snapshots.borrow().clone();
+    // resource.kubernetes.io/pcieRoot from sysfs, once: PCI addresses do not move while we run.
+    let roots = crate::dra_api::pcie::roots(
+        std::path::Path::new("/sys"),
+        first
+            .inventory
+            .gpus
+            .iter()
+            .filter_map(|g| g.pci_bus_id.as_deref()),
+    );
+    let selection = dra_devices.clone();
+    let devices = crate::dra_api::follow(handles.snapshots.clone(), move |s: &Arc<Snapshot>| {
+        let partition = crate::dra::partition::Partition::new(&s.inventory, &selection);
+        crate::dra_api::devices_of(s, &roots, |g| partition.owns(g))
+    });
+    let config =
+        crate::dra_api::PublisherConfig::new(args.dra.driver_name.clone(), handles.node.clone());
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        let done = async move { crate::sync::until_true(&mut stop).await };
+        match crate::dra_api::publish(client, config, devices, done).await {
+            Ok(stats) => tracing::info!(?stats, "ResourceSlice publisher stopped"),
+            Err(error) => tracing::warn!(%error, "ResourceSlice publisher stopped with an error"),
+        }
+    });
+}
+
+/// Where ResourceClaims are read from: the API server, or the test-only claims file.
+fn claim_source(
+    args: &RunArgs,
+    api: Option<kube::Client>,
+) -> Arc<dyn crate::dra::claims::ClaimSource> {
+    match (&args.dra.claims_file, api) {
+        (Some(path), _) => {
             tracing::warn!(path = %path.display(), "test only: ResourceClaims are read from a file, not the API server");
             Arc::new(crate::dra::claims::FileClaims::new(path.clone()))
         }
-        None => Arc::new(crate::dra::claims::NoApiServer),
+        (None, Some(client)) => Arc::new(crate::dra_api::ClaimSource::new(client)),
+        (None, None) => Arc::new(crate::dra::claims::NoApiServer),
     }
 }
 

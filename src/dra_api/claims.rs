@@ -140,6 +140,53 @@ pub fn view(claim: &ResourceClaim) -> Option<ClaimView> {
     })
 }
 
+/// The kubelet side reads claims through [`crate::dra::claims::ClaimSource`]: this is the
+/// API-server implementation of it, the view mapped field by field.
+#[tonic::async_trait]
+impl crate::dra::claims::ClaimSource for ClaimSource {
+    async fn get(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<crate::dra::claims::Claim, crate::dra::claims::ClaimError> {
+        use crate::dra::claims as node;
+        match ClaimSource::get(self, namespace, name).await {
+            Ok(view) => Ok(node::Claim {
+                uid: view.uid,
+                namespace: view.namespace,
+                name: view.name,
+                results: view
+                    .results
+                    .into_iter()
+                    .map(|r| node::AllocatedDevice {
+                        request: r.request,
+                        driver: r.driver,
+                        pool: r.pool,
+                        device: r.device,
+                    })
+                    .collect(),
+                configs: view
+                    .configs
+                    .into_iter()
+                    .map(|c| node::OpaqueConfig {
+                        driver: c.driver,
+                        requests: c.requests,
+                        parameters: c.parameters,
+                    })
+                    .collect(),
+            }),
+            Err(ClaimError::NotFound { namespace, name }) => {
+                Err(node::ClaimError::NotFound { namespace, name })
+            }
+            Err(other) => Err(node::ClaimError::Unavailable {
+                namespace: namespace.into(),
+                name: name.into(),
+                reason: other.to_string(),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

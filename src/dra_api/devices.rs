@@ -15,6 +15,10 @@ use crate::health::HealthState;
 
 use super::{models, semver};
 
+/// Device names and the DNS-label rule: one definition, shared with the kubelet side (which
+/// resolves the names the scheduler allocated back to devices).
+pub use crate::dra::names::{gpu_name, is_dns_label, mig_name};
+
 /// The standard attribute naming a device's PCIe root complex (`k8s.io/dynamic-resource-
 /// allocation/deviceattribute`): the scheduler can align GPUs and NICs under one root.
 pub const PCIE_ROOT: &str = "resource.kubernetes.io/pcieRoot";
@@ -69,16 +73,6 @@ pub struct DeviceList {
 /// Node facts the inventory does not carry: the PCIe root of each PCI address, as read from
 /// sysfs by [`super::pcie::roots`] (empty where unknown, e.g. the mock backend).
 pub type PcieRoots = BTreeMap<String, String>;
-
-/// Device name of GPU `index`.
-pub fn gpu_name(index: u32) -> String {
-    format!("gpu-{index}")
-}
-
-/// Device name of a MIG device: parent index, GPU-instance id, compute-instance id.
-pub fn mig_name(gpu_index: u32, gpu_instance: u32, compute_instance: u32) -> String {
-    format!("gpu-{gpu_index}-mig-{gpu_instance}-{compute_instance}")
-}
 
 /// The devices of `inventory` that `selected` hands to DRA and that are healthy now.
 pub fn build(
@@ -290,18 +284,6 @@ pub fn decimal_quantity(n: u64) -> String {
         step += 1;
     }
     format!("{value}{}", SUFFIXES[step])
-}
-
-/// True when `name` is a DNS-1123 label (what the API demands of a device name).
-pub fn is_dns_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
-        && bytes[0] != b'-'
-        && bytes[bytes.len() - 1] != b'-'
 }
 
 /// The names in `list` that are not unique (must be none).

@@ -106,6 +106,7 @@ impl Agent {
             .env("RUST_LOG", "info")
             .env_remove("CONFIG_FILE")
             .env_remove("NODE_NAME")
+            .env_remove("KUBECONFIG")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file);

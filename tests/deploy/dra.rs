@@ -281,7 +281,6 @@ fn the_dra_agent_may_reach_only_the_api_server() {
 }
 
 /// Every selector the overlay and the examples ship, with the class each request uses.
-#[allow(dead_code)] // the selector test arrives with the ResourceSlice publisher
 pub fn shipped_selectors(overlay: &Rendered, examples: &Rendered) -> Vec<(String, Vec<Selector>)> {
     let class_selectors = |class: &str| -> Vec<String> {
         seq_at(overlay.object("DeviceClass", class), "spec.selectors")
@@ -328,16 +327,160 @@ pub fn shipped_selectors(overlay: &Rendered, examples: &Rendered) -> Vec<(String
     out
 }
 
-#[allow(dead_code)]
 fn compile(expression: &str) -> Selector {
     Selector::compile(expression).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Whether `device` (a ResourceSlice entry of `driver`) passes every selector.
-#[allow(dead_code)]
 pub fn passes(selectors: &[Selector], driver: &str, device: &serde_json::Value) -> bool {
     selectors.iter().all(|s| {
         s.matches(driver, device)
             .unwrap_or_else(|e| panic!("device {}: {e}", device["name"]))
     })
+}
+
+/// A node for the end-to-end test: two whole GPUs of different memory, and one in MIG mode.
+const E2E_FIXTURE: &str = r#"
+driverVersion: "580.95.05"
+cudaDriverVersion: "13.0"
+gpus:
+  - model: NVIDIA H100 80GB HBM3
+    pciBusId: "0000:18:00.0"
+  - model: NVIDIA A10
+    memoryMiB: 23028
+    pciBusId: "0000:2a:00.0"
+  - model: NVIDIA H100 80GB HBM3
+    pciBusId: "0000:3a:00.0"
+    mig:
+      devices: [3g.40gb, 1g.10gb, 1g.10gb]
+"#;
+
+const E2E_NODE: &str = "gpu-node-1";
+
+/// What the shipped classes and examples select among the devices the agent really publishes,
+/// then the claim the "≥ 40 GiB" example asks for, allocated as the scheduler would and prepared
+/// as the kubelet would: the agent (real binary, mock backend, `--dra`) against the test API
+/// server and the test DRA kubelet.
+#[tokio::test]
+async fn the_shipped_selectors_match_what_the_agent_publishes_and_a_claim_prepares() {
+    let Some((overlay, examples)) = rendered() else {
+        return;
+    };
+    let server = crate::apiserver::TestApiServer::start().await;
+    server.add_node(E2E_NODE);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = server.kubeconfig(dir.path());
+    let fixture = crate::common::write_file(dir.path(), "fixture.yaml", E2E_FIXTURE);
+    let registry = dir.path().join("plugins_registry");
+    let plugins = dir.path().join("plugins");
+    let mut kubelet = crate::common::dra_kubelet::DraKubelet::start(&registry);
+    let _agent = crate::common::Agent::spawn(
+        dir.path(),
+        &[
+            "--mock-fixture",
+            crate::common::arg(&fixture),
+            "--dra",
+            "--node-name",
+            E2E_NODE,
+            "--kubeconfig",
+            crate::common::arg(&kubeconfig),
+            "--kubelet-registry-dir",
+            crate::common::arg(&registry),
+            "--kubelet-plugins-dir",
+            crate::common::arg(&plugins),
+        ],
+    );
+    crate::common::eventually("the agent to publish its ResourceSlice", || {
+        !server.slices().is_empty()
+    })
+    .await;
+    let slices = server.slices();
+    let devices: Vec<serde_json::Value> = slices
+        .iter()
+        .inspect(|s| {
+            assert_eq!(s["spec"]["driver"], DRIVER);
+            assert_eq!(s["spec"]["nodeName"], E2E_NODE);
+            assert_eq!(s["spec"]["pool"]["name"], E2E_NODE);
+        })
+        .flat_map(|s| s["spec"]["devices"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let names = |selectors: &[Selector]| -> BTreeSet<String> {
+        devices
+            .iter()
+            .filter(|d| passes(selectors, DRIVER, d))
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
+    let shipped = shipped_selectors(&overlay, &examples);
+    let selected: std::collections::BTreeMap<String, BTreeSet<String>> = shipped
+        .iter()
+        .map(|(what, selectors)| (what.clone(), names(selectors)))
+        .collect();
+    for (what, devices) in &selected {
+        assert!(
+            !devices.is_empty(),
+            "{what} selects nothing the agent publishes"
+        );
+    }
+    let mig_names: BTreeSet<String> = devices
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .filter(|n| n.contains("-mig-"))
+        .map(String::from)
+        .collect();
+    assert_eq!(mig_names.len(), 3, "{devices:?}");
+    assert_eq!(
+        selected["DeviceClass gpu.gpu-agent.io"],
+        set(&["gpu-0", "gpu-1"])
+    );
+    assert_eq!(selected["DeviceClass mig.gpu-agent.io"], mig_names);
+    assert_eq!(
+        selected["ResourceClaimTemplate one-gpu-40gi request gpu"],
+        set(&["gpu-0"]),
+        "the A10's 23 GiB is under 40 GiB"
+    );
+    let one_g: BTreeSet<String> = devices
+        .iter()
+        .filter(|d| d["attributes"]["profile"]["string"] == "1g.10gb")
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(one_g.len(), 2);
+    assert_eq!(
+        selected["ResourceClaimTemplate one-mig-1g-10gb request mig"],
+        one_g
+    );
+
+    // The scheduler allocates the "≥ 40 GiB" request; the kubelet prepares it.
+    let device = selected["ResourceClaimTemplate one-gpu-40gi request gpu"]
+        .first()
+        .unwrap()
+        .clone();
+    let stored = server.insert_claim(json!({
+        "metadata": {"name": "big-memory-gpu", "namespace": "gpu-dra-examples"},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": {"deviceClassName": DRIVER}}]}},
+        "status": {"allocation": {"devices": {"results": [
+            {"request": "gpu", "driver": DRIVER, "pool": E2E_NODE, "device": device}
+        ]}}}
+    }));
+    let uid = stored["metadata"]["uid"].as_str().unwrap().to_string();
+    let plugin = kubelet.next_registration().await;
+    let client = crate::common::dra_kubelet::DraClient::connect(&plugin).await;
+    let claim = ("gpu-dra-examples", uid.as_str(), "big-memory-gpu");
+    let answer = client.prepare(&[claim]).await;
+    let prepared = &answer[&uid];
+    assert_eq!(prepared.error, "");
+    assert_eq!(prepared.devices.len(), 1);
+    assert_eq!(
+        prepared.devices[0].cdi_device_ids,
+        [format!("k8s.gpu-agent.io/claim={uid}-{device}")]
+    );
+    let spec = dir
+        .path()
+        .join("cdi")
+        .join(format!("k8s.gpu-agent.io-claim_{uid}.json"));
+    assert!(spec.exists(), "{}", spec.display());
+    let unprepared = client.unprepare(&[claim]).await;
+    assert_eq!(unprepared[&uid], "");
+    assert!(!spec.exists());
 }

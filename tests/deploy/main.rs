@@ -11,6 +11,8 @@
 //! it print why and return.
 
 mod agent;
+#[path = "../common/apiserver.rs"]
+mod apiserver;
 mod audit;
 #[path = "../common/cel.rs"]
 mod cel;
