@@ -54,6 +54,22 @@ esac"#,
 /// Run `.ci/audit` with only `bin` (stand-ins) and the system's directories on PATH, and
 /// `cargo_home` as CARGO_HOME: (exit code, stdout + stderr).
 fn run_audit(bin: &Path, cargo_home: &Path) -> (i32, String) {
+    // A reachable "advisory database": a local git repository, so the probe before an install
+    // succeeds without a network.
+    let db = cargo_home.join("advisory-db.git");
+    if !db.exists() {
+        let ok = Command::new("git")
+            .args(["init", "--quiet", "--bare"])
+            .arg(&db)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "git init {}", db.display());
+    }
+    run_audit_with_db(bin, cargo_home, &db.to_string_lossy())
+}
+
+/// [`run_audit`] probing `db_url` for the advisory database.
+fn run_audit_with_db(bin: &Path, cargo_home: &Path, db_url: &str) -> (i32, String) {
     let mut path = vec![bin.to_path_buf()];
     // python3 may live outside the system directories (pyenv); cargo's own directory must not
     // be on PATH, or a real cargo-audit would answer.
@@ -65,6 +81,7 @@ fn run_audit(bin: &Path, cargo_home: &Path) -> (i32, String) {
         .arg(Path::new(ROOT).join(".ci/audit"))
         .env("PATH", std::env::join_paths(path).unwrap())
         .env("CARGO_HOME", cargo_home)
+        .env("GPU_AGENT_AUDIT_DB_URL", db_url)
         .env_remove("GPU_AGENT_CARGO_AUDIT")
         .output()
         .expect("run .ci/audit");
@@ -167,6 +184,23 @@ fn the_audit_step_installs_cargo_audit_only_when_missing_and_survives_a_failed_i
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::create_dir_all(home.join("bin")).unwrap();
     let calls = dir.path().join("cargo-calls");
+
+    // No cargo-audit and the advisory database unreachable: no 15-minute install for nothing.
+    write_script(
+        &bin.join("cargo"),
+        &format!("echo \"$*\" >> {}\nexit 101", calls.display()),
+    );
+    let unreachable = dir.path().join("no-such-database.git");
+    let (code, text) = run_audit_with_db(&bin, &home, &unreachable.to_string_lossy());
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        outcome(&text).starts_with(&format!(
+            "WARNING: cargo audit skipped: the advisory database ({}) cannot be reached",
+            unreachable.display()
+        )),
+        "{text}"
+    );
+    assert!(!calls.exists(), "cargo install ran: {text}");
 
     // No cargo-audit, and `cargo install` fails (no network, no compiler).
     write_script(
