@@ -356,14 +356,15 @@ pub struct RunArgs {
 pub struct DraArgs {
     /// Also act as a DRA driver: register with the kubelet's plugin watcher and prepare
     /// ResourceClaims for the GPUs handed to DRA.
+    /// Unset: the config file's `dra.enabled`, else off.
     #[arg(long = "dra", env = "GPU_AGENT_DRA", num_args = 0..=1, default_missing_value = "true",
-          value_parser = BoolishValueParser::new(), value_name = "BOOL", default_value = "false")]
-    pub enabled: bool,
+          value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub enabled: Option<bool>,
     /// DRA driver name (a DNS subdomain): the registration name, ResourceSlice `spec.driver`.
+    /// Unset: the config file's `dra.driverName`, else gpu.gpu-agent.io.
     #[arg(long = "dra-driver-name", env = "GPU_AGENT_DRA_DRIVER_NAME",
-          default_value = crate::dra::DEFAULT_DRIVER_NAME, value_parser = parse_driver_name,
-          value_name = "NAME")]
-    pub driver_name: String,
+          value_parser = parse_driver_name, value_name = "NAME")]
+    pub driver_name: Option<String>,
     /// GPUs handed to DRA: all, none, or a comma-separated list of indexes and UUIDs; the rest
     /// stay with the device plugin (default with --dra: all).
     #[arg(long = "dra-devices", env = "GPU_AGENT_DRA_DEVICES",
@@ -400,14 +401,36 @@ pub struct DraArgs {
 }
 
 impl DraArgs {
+    /// Whether the agent is a DRA driver (`--dra`; default off).
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(false)
+    }
+
+    /// The driver name (`--dra-driver-name`; default gpu.gpu-agent.io).
+    pub fn driver_name(&self) -> &str {
+        self.driver_name
+            .as_deref()
+            .unwrap_or(crate::dra::DEFAULT_DRIVER_NAME)
+    }
+
     /// The GPUs handed to DRA: none without `--dra`, else `--dra-devices` (default all).
     pub fn selection(&self) -> crate::dra::partition::DraDevices {
         use crate::dra::partition::DraDevices;
-        match (&self.enabled, &self.devices) {
+        match (self.enabled(), &self.devices) {
             (false, _) => DraDevices::None,
             (true, Some(devices)) => devices.clone(),
             (true, None) => DraDevices::All,
         }
+    }
+
+    /// These flags with the config file's `dra:` section filling what no flag or env variable
+    /// set (flag > env > file, as for every setting).
+    pub fn with_file(&self, file: &crate::config::DraSettings) -> DraArgs {
+        let mut out = self.clone();
+        out.enabled = out.enabled.or(file.enabled);
+        out.driver_name = out.driver_name.or_else(|| file.driver_name.clone());
+        out.devices = out.devices.or_else(|| file.devices.clone());
+        out
     }
 }
 
@@ -675,9 +698,9 @@ mod tests {
             }
         };
         let off = dra(&[]);
-        assert!(!off.enabled);
+        assert!(!off.enabled());
         assert_eq!(off.selection(), DraDevices::None);
-        assert_eq!(off.driver_name, "gpu.gpu-agent.io");
+        assert_eq!(off.driver_name(), "gpu.gpu-agent.io");
         assert_eq!(
             off.registry_dir,
             PathBuf::from("/var/lib/kubelet/plugins_registry")
@@ -693,6 +716,25 @@ mod tests {
         assert_eq!(
             dra(&["--dra=false", "--dra-devices", "all"]).selection(),
             DraDevices::None
+        );
+        // The config file's dra: section fills what no flag set; a flag wins.
+        let file = crate::config::DraSettings {
+            enabled: Some(true),
+            driver_name: Some("gpu.example.com".into()),
+            devices: Some(DraDevices::List(vec!["3".into()])),
+        };
+        let from_file = dra(&[]).with_file(&file);
+        assert!(from_file.enabled());
+        assert_eq!(from_file.driver_name(), "gpu.example.com");
+        assert_eq!(from_file.selection(), DraDevices::List(vec!["3".into()]));
+        let flags_win = dra(&["--dra=false", "--dra-driver-name", "a.b"]).with_file(&file);
+        assert!(!flags_win.enabled());
+        assert_eq!(flags_win.driver_name(), "a.b");
+        assert_eq!(
+            dra(&["--dra", "--dra-devices", "all"])
+                .with_file(&file)
+                .selection(),
+            DraDevices::All
         );
         let err = Cli::try_parse_from(["gpu-agent", "run", "--dra-driver-name", "GPU.io"])
             .unwrap_err()

@@ -69,6 +69,14 @@ pub async fn run(
                 if config_changed {
                     stats.config_reloads.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(summary = %config.summary(), resources = ?snapshot.resources.names().collect::<Vec<_>>(), "config applied");
+                    if config.dra != good_config.dra {
+                        // Sockets, driver name and the slice pool are set up once.
+                        tracing::warn!(
+                            before = ?good_config.dra,
+                            after = ?config.dra,
+                            "the dra: section changed; it applies at the next start"
+                        );
+                    }
                     policies.send_replace(health_env.policy(&config.health));
                     good_config = config;
                     good_extras = extras;

@@ -50,7 +50,7 @@ pub struct Handles {
 }
 
 /// Run the agent until SIGTERM / SIGINT.
-pub async fn run(args: RunArgs) -> Result<(), Fatal> {
+pub async fn run(mut args: RunArgs) -> Result<(), Fatal> {
     let signals = Signals::install()?;
     let NodeView {
         node,
@@ -59,6 +59,8 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         tracker,
         health_env,
     } = load_node(&args.inventory)?;
+    // The file's dra: section fills what no flag or env variable set; read once, at start.
+    args.dra = Box::new(args.dra.with_file(&snapshot.config.dra));
     let dra_devices = args.dra.selection();
     let snapshot = partition_first(snapshot, &dra_devices)?;
     let inventory = snapshot.inventory.clone();
@@ -175,7 +177,7 @@ pub async fn run(args: RunArgs) -> Result<(), Fatal> {
         xid_counts,
     };
     let plugins = tokio::spawn(manager::run(ctx, shutdown.clone()));
-    let dra = if args.dra.enabled {
+    let dra = if args.dra.enabled() {
         let api = dra_api_client(&args).await?;
         if let Some(client) = &api {
             spawn_slice_publisher(client.clone(), &args, &handles, &dra_devices, &shutdown);
@@ -260,7 +262,7 @@ fn dra_context(
     shutdown: watch::Receiver<bool>,
 ) -> crate::dra::DraContext {
     crate::dra::DraContext {
-        driver_name: args.dra.driver_name.clone(),
+        driver_name: args.dra.driver_name().to_string(),
         node: handles.node.clone(),
         registry_dir: args.dra.registry_dir.clone(),
         plugins_dir: args.dra.plugins_dir.clone(),
@@ -310,8 +312,7 @@ fn spawn_slice_publisher(
         let partition = crate::dra::partition::Partition::new(&s.inventory, &selection);
         crate::dra_api::devices_of(s, &roots, |g| partition.owns(g))
     });
-    let config =
-        crate::dra_api::PublisherConfig::new(args.dra.driver_name.clone(), handles.node.clone());
+    let config = crate::dra_api::PublisherConfig::new(args.dra.driver_name(), handles.node.clone());
     let mut stop = shutdown.clone();
     tokio::spawn(async move {
         let done = async move { crate::sync::until_true(&mut stop).await };
@@ -360,8 +361,8 @@ fn spawn_metrics(
         args.pod_resources_socket.clone(),
         args.collect_interval,
         handles.snapshots.clone(),
-        args.dra.enabled.then(|| podresources::DraIdentity {
-            driver: args.dra.driver_name.clone(),
+        args.dra.enabled().then(|| podresources::DraIdentity {
+            driver: args.dra.driver_name().to_string(),
             pool: handles.node.clone(),
         }),
         pods_tx,

@@ -32,6 +32,8 @@ pub struct ConfigFile {
     pub health: Health,
     #[serde(default)]
     pub strategy: Strategy,
+    #[serde(default)]
+    pub dra: Dra,
 }
 
 /// `flags:` (NVIDIA's command-line flags, settable from the file).
@@ -162,6 +164,15 @@ pub struct VgpuResource {
 pub struct Health {
     pub ignored_xids: Option<Vec<i64>>,
     pub recover_after: Option<Value>,
+}
+
+/// `dra:` (extension): the DRA driver, as `--dra`, `--dra-driver-name` and `--dra-devices`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Dra {
+    pub enabled: Option<bool>,
+    pub driver_name: Option<String>,
+    pub devices: Option<Value>,
 }
 
 /// `strategy:` (extension).

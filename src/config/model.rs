@@ -304,6 +304,7 @@ pub struct Config {
     pub shared_placement: SharedPlacement,
     pub health: HealthSettings,
     pub strategy: StrategyThresholds,
+    pub dra: DraSettings,
 }
 
 impl Default for Config {
@@ -318,7 +319,33 @@ impl Default for Config {
             shared_placement: SharedPlacement::Spread,
             health: HealthSettings::default(),
             strategy: StrategyThresholds::default(),
+            dra: DraSettings::default(),
         }
+    }
+}
+
+/// The DRA driver settings of the file (`dra:`, extension). Each applies only where its flag or
+/// env variable is not set (`--dra`, `--dra-driver-name`, `--dra-devices`), and only at start:
+/// the sockets and the ResourceSlice pool are set up once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DraSettings {
+    pub enabled: Option<bool>,
+    pub driver_name: Option<String>,
+    #[serde(serialize_with = "serialize_dra_devices")]
+    pub devices: Option<crate::dra::partition::DraDevices>,
+}
+
+fn serialize_dra_devices<S: serde::Serializer>(
+    d: &Option<crate::dra::partition::DraDevices>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use crate::dra::partition::DraDevices;
+    match d {
+        None => s.serialize_none(),
+        Some(DraDevices::All) => s.serialize_str("all"),
+        Some(DraDevices::None) => s.serialize_str("none"),
+        Some(DraDevices::List(list)) => s.serialize_str(&list.join(",")),
     }
 }
 

@@ -190,6 +190,12 @@ const HEALTH: &[Field] = &[
     opt("recoverAfter", Kind::Any),
 ];
 
+const DRA: &[Field] = &[
+    opt("enabled", Kind::Bool),
+    opt("driverName", Kind::Str),
+    opt("devices", Kind::Any),
+];
+
 const STRATEGY: &[Field] = &[
     opt("trainingExclusiveAboveGiB", Kind::Number),
     opt("inferenceSharedBelowGiB", Kind::Number),
@@ -205,6 +211,7 @@ pub const CONFIG: Kind = Kind::Struct(&[
     opt("imex", Kind::Struct(IMEX)),
     opt("health", Kind::Struct(HEALTH)),
     opt("strategy", Kind::Struct(STRATEGY)),
+    opt("dra", Kind::Struct(DRA)),
 ]);
 
 /// What the walk found.

@@ -54,6 +54,7 @@ pub fn validate(raw: ConfigFile) -> Validated {
     imex(&raw.imex, &mut config, &mut f);
     health(&raw.health, &mut config, &mut f);
     strategy(&raw.strategy, &mut config, &mut f);
+    dra(&raw.dra, &mut config, &mut f);
 
     Validated {
         config: if f.errors.is_empty() {
@@ -307,6 +308,44 @@ fn health(h: &file::Health, config: &mut Config, f: &mut Findings) {
             format!(
                 "must be a duration such as 0s, 30s or 5m, got {}",
                 short(other)
+            ),
+        ),
+    }
+}
+
+fn dra(d: &file::Dra, config: &mut Config, f: &mut Findings) {
+    config.dra.enabled = d.enabled;
+    if let Some(name) = &d.driver_name {
+        match crate::dra::names::check_driver_name(name) {
+            Ok(()) => config.dra.driver_name = Some(name.clone()),
+            Err(e) => f.error("dra.driverName", e),
+        }
+    }
+    // "all", "none", "0,GPU-…" or a list of indexes and UUIDs, as --dra-devices takes.
+    let text = match &d.devices {
+        None | Some(Value::Null) => return,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|item| match item {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.join(",")),
+        Some(_) => None,
+    };
+    match text {
+        Some(text) => match text.parse() {
+            Ok(devices) => config.dra.devices = Some(devices),
+            Err(e) => f.error("dra.devices", e),
+        },
+        None => f.error(
+            "dra.devices",
+            format!(
+                "must be all, none, or a list of GPU indexes and UUIDs, got {}",
+                short(d.devices.as_ref().unwrap_or(&Value::Null))
             ),
         ),
     }

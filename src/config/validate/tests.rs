@@ -553,3 +553,35 @@ fn documents_over_the_limits_are_refused_before_they_are_parsed() {
         ["config: the file is 301 KiB; the limit is 256 KiB"]
     );
 }
+
+#[test]
+fn the_dra_section_is_read_and_checked_with_paths() {
+    use crate::dra::partition::DraDevices;
+    let c =
+        parse("dra: {enabled: true, driverName: gpu.example.com, devices: [0, GPU-abc]}").unwrap();
+    assert_eq!(c.dra.enabled, Some(true));
+    assert_eq!(c.dra.driver_name.as_deref(), Some("gpu.example.com"));
+    assert_eq!(
+        c.dra.devices,
+        Some(DraDevices::List(vec!["0".into(), "GPU-abc".into()]))
+    );
+    assert_eq!(
+        parse("dra: {devices: all}").unwrap().dra.devices,
+        Some(DraDevices::All)
+    );
+    assert_eq!(parse("dra: {}").unwrap().dra, DraSettings::default());
+    let e = errors("dra: {driverName: Not_A_Name, devices: [gpu0], enable: true}");
+    assert!(e.iter().any(|m| m.starts_with("dra.driverName: ")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("dra.devices: ") && m.contains("gpu0")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|m| m.contains("dra.enable")), "{e:?}");
+    let e = errors("dra: {devices: {a: 1}}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("dra.devices: must be all, none")),
+        "{e:?}"
+    );
+}
