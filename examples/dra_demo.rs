@@ -50,7 +50,10 @@ async fn main() {
     let plugins = dir.join("plugins");
     let cdi = dir.join("cdi");
     let mut kubelet = dra_kubelet::DraKubelet::start(&registry);
-    println!("API server stand-in at http://{}; start the agent:\n", server.addr);
+    println!(
+        "API server stand-in at http://{}; start the agent:\n",
+        server.addr
+    );
     println!(
         "  cargo run -- run --backend mock --dra --node-name {NODE} --kubeconfig {} \\\n    \
          --kubelet-registry-dir {} --kubelet-plugins-dir {} --cdi-spec-dir {} \\\n    \
@@ -127,7 +130,10 @@ async fn main() {
             {"request": "gpu", "driver": DRIVER, "pool": NODE, "device": device}
         ]}}}
     }));
-    let uid = stored["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    let uid = stored["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     println!("\nallocated {device} to ResourceClaim default/big-memory-gpu (uid {uid})");
 
     // The kubelet: registration, then prepare and unprepare.
@@ -145,7 +151,10 @@ async fn main() {
         std::process::exit(1);
     }
     for d in &answer.devices {
-        println!("prepared {}: CDI devices {:?}", d.device_name, d.cdi_device_ids);
+        println!(
+            "prepared {}: CDI devices {:?}",
+            d.device_name, d.cdi_device_ids
+        );
     }
     let spec = cdi.join(format!("k8s.gpu-agent.io-claim_{uid}.json"));
     println!("CDI spec {}:", spec.display());
@@ -153,7 +162,11 @@ async fn main() {
     let unprepared = client.unprepare(&[claim]).await;
     println!(
         "unprepared: {}; spec removed: {}",
-        if unprepared[&uid].is_empty() { "ok" } else { &unprepared[&uid] },
+        if unprepared[&uid].is_empty() {
+            "ok"
+        } else {
+            &unprepared[&uid]
+        },
         !spec.exists()
     );
 }
