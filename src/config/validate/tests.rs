@@ -77,7 +77,7 @@ fn an_empty_key_is_named_quoted() {
     // Found by tests/properties.rs: an empty key used to give an error with an empty path.
     assert_eq!(
             errors("!!str : 1"),
-            ["\"\": unknown field, expected one of version, flags, resources, sharing, imex, health, strategy"]
+            ["\"\": unknown field, expected one of version, flags, resources, sharing, imex, health, strategy, dra"]
         );
     assert!(errors("flags: {\"\": 1}")[0].starts_with("flags.\"\": unknown field"));
 }
