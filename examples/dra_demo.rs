@@ -12,10 +12,8 @@
 //! first GPU with at least 40 GiB to a claim as the scheduler would, prepares it as the kubelet
 //! would (printing the CDI device IDs and the CDI spec the agent wrote), and unprepares it.
 
-#[allow(dead_code)]
 #[path = "../tests/common/apiserver.rs"]
 mod apiserver;
-#[allow(dead_code)]
 #[path = "../tests/common/cel.rs"]
 mod cel;
 #[allow(dead_code)]

@@ -60,7 +60,7 @@ pub async fn run(mut args: RunArgs) -> Result<(), Fatal> {
         health_env,
     } = load_node(&args.inventory)?;
     // The file's dra: section fills what no flag or env variable set; read once, at start.
-    args.dra = Box::new(args.dra.with_file(&snapshot.config.dra));
+    *args.dra = args.dra.with_file(&snapshot.config.dra);
     let dra_devices = args.dra.selection();
     let snapshot = partition_first(snapshot, &dra_devices)?;
     let inventory = snapshot.inventory.clone();
