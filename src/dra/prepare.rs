@@ -40,6 +40,8 @@ pub struct Node<'a> {
     pub plugin: &'a PluginSettings,
     /// The driver's files, when they were found.
     pub driver_files: Option<&'a Driver>,
+    /// What the node has for GDS / MOFED / GDRCopy and the IMEX channels, for this config.
+    pub extras: &'a crate::extras::NodeExtras,
 }
 
 /// One device handed to the kubelet for a claim.
@@ -152,11 +154,46 @@ pub fn prepare(claim: &Claim, uid: &str, node: &Node) -> Result<Prepared, Prepar
         });
         spec_devices.push((device, edits));
     }
-    let common: ContainerEdits = spec::common_edits(node.plugin, node.driver_files);
+    let mut common: ContainerEdits = spec::common_edits(node.plugin, node.driver_files);
+    add_extras(&mut common, node);
     Ok(Prepared {
         devices,
         spec: cdi::spec(uid, spec_devices, common),
     })
+}
+
+/// What every container gets besides its GPUs on the device-plugin side, in the claim's own spec:
+/// the node extras' device nodes and mounts (IMEX channels, GDS / MOFED / GDRCopy, from the same
+/// builder as their CDI specs there) and the `NVIDIA_GDS=enabled`-style env (through a Grant, as
+/// Allocate sets it). In the claim's spec rather than by naming the extras' own spec files, which
+/// exist only where a CDI device-list strategy is configured.
+fn add_extras(common: &mut ContainerEdits, node: &Node) {
+    for (_, extra) in crate::cdi::extras::specs(node.plugin, node.extras) {
+        for device in extra.devices {
+            let edits = device.container_edits;
+            for n in edits.device_nodes {
+                if !common.device_nodes.iter().any(|c| c.path == n.path) {
+                    common.device_nodes.push(n);
+                }
+            }
+            for m in edits.mounts {
+                if !common
+                    .mounts
+                    .iter()
+                    .any(|c| c.container_path == m.container_path)
+                {
+                    common.mounts.push(m);
+                }
+            }
+        }
+    }
+    let mut grant = Grant::default();
+    crate::allocate::extras::feature_envs(&mut grant.envs, node.plugin);
+    for env in ContainerEdits::from_grant(&grant).env {
+        if !common.env.contains(&env) {
+            common.env.push(env);
+        }
+    }
 }
 
 /// vGPU-style limits of an opaque config of ours: `{"memory": "<quantity>", "computePercent":

@@ -194,6 +194,7 @@ impl Claims {
             health: &snapshot.health,
             plugin: &snapshot.config.plugin,
             driver_files: driver.as_ref(),
+            extras: &snapshot.extras,
         };
         let prepared = prepare::prepare(&read, &claim.uid, &node).map_err(|e| e.to_string())?;
         let spec_file = self.settings.cdi_dir.join(cdi::file_name(&claim.uid));

@@ -40,6 +40,7 @@ struct World {
     partition: Partition,
     health: HealthState,
     plugin: PluginSettings,
+    extras: crate::extras::NodeExtras,
 }
 
 impl World {
@@ -51,6 +52,7 @@ impl World {
             partition,
             health: HealthState::default(),
             plugin: PluginSettings::default(),
+            extras: crate::extras::NodeExtras::default(),
         }
     }
 
@@ -63,6 +65,7 @@ impl World {
             health: &self.health,
             plugin: &self.plugin,
             driver_files: None,
+            extras: &self.extras,
         }
     }
 
@@ -235,4 +238,54 @@ fn opaque_configs_set_hami_limits_on_their_requests() {
             "{bad}"
         );
     }
+}
+
+/// A claim's container gets the node extras the device plugin's Allocate gives: GDS device nodes
+/// and its env, the IMEX channel, in the claim's own spec.
+#[test]
+fn node_extras_are_in_the_claims_spec() {
+    use crate::config::ImexSettings;
+    use crate::extras::{Feature, FeatureFiles};
+    let mut w = World::new();
+    w.plugin.gds_enabled = true;
+    w.plugin.imex = ImexSettings {
+        channel_ids: vec![0],
+        required: false,
+    };
+    w.extras = crate::extras::NodeExtras {
+        dev_root: "/".into(),
+        features: std::collections::BTreeMap::from([(
+            Feature::Gds,
+            FeatureFiles {
+                device_nodes: vec!["/dev/nvidia-fs0".into()],
+                mounts: Vec::new(),
+            },
+        )]),
+        imex_channels: vec![0],
+        imex_missing: Vec::new(),
+    };
+    let p = w.prepare(&claim(vec![result("a", "gpu-1")])).unwrap();
+    let common = &p.spec.container_edits;
+    let paths = nodes(common);
+    assert!(paths.contains(&"/dev/nvidia-fs0"), "{paths:?}");
+    assert!(
+        paths.contains(&"/dev/nvidia-caps-imex-channels/channel0"),
+        "{paths:?}"
+    );
+    assert!(
+        common.env.contains(&"NVIDIA_GDS=enabled".to_string()),
+        "{:?}",
+        common.env
+    );
+    // Without extras, none of it.
+    let plain = World::new()
+        .prepare(&claim(vec![result("a", "gpu-1")]))
+        .unwrap();
+    assert!(!nodes(&plain.spec.container_edits).contains(&"/dev/nvidia-fs0"));
+    assert!(!plain
+        .spec
+        .container_edits
+        .env
+        .iter()
+        .any(|e| e.starts_with("NVIDIA_GDS")));
 }
