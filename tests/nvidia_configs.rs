@@ -3,7 +3,7 @@
 //! mirrors is named), run through `check-config` and `list --output json` on the mock backend.
 //! A config NVIDIA accepts must start gpu-agent with NVIDIA's resources (or the documented
 //! deliberate difference, with the warning that says so); a config NVIDIA rejects is rejected.
-//! MPS stays a clear refusal until gpu-agent supports it.
+//! MPS configs are accepted with NVIDIA's resources and its refusals.
 
 mod common;
 
@@ -88,7 +88,14 @@ fn cases() -> Vec<Case> {
         case("config-manager: an empty file", "", Advertises(GPU8)),
         case("config-manager: a comment-only file", "# no settings for this node\n", Advertises(GPU8)),
         // api/config/v1/config_test.go
-        case("config_test.go TestNewConfigDefaultsMPSFailRequestsGreaterThanOne (MPS: not yet)", "version: v1\nflags: {mpsRoot: /run/nvidia/mps}\nsharing:\n  mps:\n    resources:\n    - {name: nvidia.com/gpu, replicas: 2}\n", Invalid("MPS sharing is not supported")),
+        case("config_test.go TestNewConfigDefaultsMPSFailRequestsGreaterThanOne", "version: v1\nflags: {mpsRoot: /run/nvidia/mps}\nsharing:\n  mps:\n    resources:\n    - {name: nvidia.com/gpu, replicas: 2}\n", Advertises(GPU16)),
+        case("config_test.go TestNewConfigHonorsExplicitMPSFailRequestsGreaterThanOneFalse", "version: v1\nsharing:\n  mps:\n    failRequestsGreaterThanOne: false\n    resources:\n    - {name: nvidia.com/gpu, replicas: 2}\n", Advertises(GPU16)),
+        // README: With CUDA MPS
+        case("README: MPS, 10 replicas of each GPU", "version: v1\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 10\n", Advertises(&[("nvidia.com/gpu", 80)])),
+        case("README: MPS with renameByDefault", "version: v1\nsharing:\n  mps:\n    renameByDefault: true\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 10\n", Advertises(&[("nvidia.com/gpu.shared", 80)])),
+        case("README: time-slicing and MPS are mutually exclusive", "version: v1\nsharing:\n  timeSlicing:\n    resources: [{name: nvidia.com/gpu, replicas: 2}]\n  mps:\n    resources: [{name: nvidia.com/gpu, replicas: 2}]\n", Invalid("cannot be used together with sharing.mps")),
+        case("README: MPS is not supported on MIG devices", "version: v1\nflags: {migStrategy: mixed}\nsharing:\n  mps:\n    resources: [{name: nvidia.com/mig-1g.10gb, replicas: 2}]\n", Invalid("sharing using MPS is not supported for MIG devices")),
+        case("main.go validateFlags: --mig-strategy=mixed with MPS", "version: v1\nflags: {migStrategy: mixed}\nsharing:\n  mps:\n    resources: [{name: nvidia.com/gpu, replicas: 2}]\n", Invalid("using --mig-strategy=mixed is not supported with MPS")),
         // api/config/v1/replicas_test.go TestUnmarshalReplicatedResources
         case("replicas_test.go ReplicatedResources: {} (no resources)", "sharing: {timeSlicing: {}}\n", Invalid("no resources specified")),
         case("replicas_test.go ReplicatedResources: empty resources list", "sharing: {timeSlicing: {resources: []}}\n", Invalid("no resources specified")),

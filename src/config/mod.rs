@@ -109,7 +109,7 @@ impl Config {
         set(&o.imex_channel_ids, &mut p.imex.channel_ids);
         set(&o.imex_required, &mut p.imex.required);
         if let Some(root) = &o.mps_root {
-            self.mps_root = Some(root.clone()).filter(|r| !r.is_empty());
+            p.mps_root = Some(root.clone()).filter(|r| !r.is_empty());
         }
         set(&o.shared_placement, &mut self.shared_placement);
         self
@@ -124,10 +124,11 @@ impl Config {
             .map(|s| s.as_str())
             .collect();
         format!(
-            "migStrategy={}, deviceListStrategy={}, timeSlicing={} resource(s), vgpu={} resource(s), recoverAfter={}",
+            "migStrategy={}, deviceListStrategy={}, timeSlicing={} resource(s), mps={} resource(s), vgpu={} resource(s), recoverAfter={}",
             self.mig_strategy.as_str(),
             strategies.join("+"),
             self.time_slicing.resources.len(),
+            self.mps.resources.len(),
             self.vgpu.len(),
             crate::units::format_duration(self.health.recover_after),
         )

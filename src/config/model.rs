@@ -198,6 +198,10 @@ pub struct PluginSettings {
     pub gdrcopy_enabled: bool,
     /// IMEX channels handed to every container (`imex:`, `IMEX_CHANNEL_IDS`, `IMEX_REQUIRED`).
     pub imex: ImexSettings,
+    /// Where MPS control daemons keep their pipes (`flags.mpsRoot`, `MPS_ROOT`); unset means
+    /// [`crate::mps::layout::DEFAULT_ROOT`], the default of NVIDIA's helm chart. Here because
+    /// Allocate mounts the resource's pipe directory from it.
+    pub mps_root: Option<String>,
 }
 
 /// IMEX channels (`imex:`): NVIDIA allows only channel 0.
@@ -212,6 +216,13 @@ pub struct ImexSettings {
 }
 
 impl PluginSettings {
+    /// `MPS_ROOT` on the host, its default filled in.
+    pub fn mps_root(&self) -> &str {
+        self.mps_root
+            .as_deref()
+            .unwrap_or(crate::mps::layout::DEFAULT_ROOT)
+    }
+
     /// Where the agent reads the driver root.
     pub fn driver_root_readable_at(&self) -> &str {
         self.container_driver_root
@@ -235,6 +246,7 @@ impl Default for PluginSettings {
             mofed_enabled: false,
             gdrcopy_enabled: false,
             imex: ImexSettings::default(),
+            mps_root: None,
         }
     }
 }
@@ -296,10 +308,12 @@ impl Default for StrategyThresholds {
 pub struct Config {
     pub mig_strategy: MigStrategy,
     pub fail_on_init_error: bool,
-    /// Where MPS control daemons keep their pipes (`flags.mpsRoot`, `MPS_ROOT`).
-    pub mps_root: Option<String>,
     pub plugin: PluginSettings,
     pub time_slicing: TimeSlicing,
+    /// MPS sharing (`sharing.mps`): the same shape as time-slicing; replicas share a GPU through
+    /// one MPS control daemon per resource. `failRequestsGreaterThanOne` defaults to true here,
+    /// as in NVIDIA's plugin.
+    pub mps: TimeSlicing,
     pub vgpu: Vec<VgpuRule>,
     pub shared_placement: SharedPlacement,
     pub health: HealthSettings,
@@ -312,9 +326,9 @@ impl Default for Config {
         Self {
             mig_strategy: MigStrategy::None,
             fail_on_init_error: true,
-            mps_root: None,
             plugin: PluginSettings::default(),
             time_slicing: TimeSlicing::default(),
+            mps: TimeSlicing::default(),
             vgpu: Vec::new(),
             shared_placement: SharedPlacement::Spread,
             health: HealthSettings::default(),

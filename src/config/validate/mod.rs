@@ -81,7 +81,7 @@ fn flags(fl: &file::Flags, config: &mut Config, f: &mut Findings) {
     }
     if let Some(root) = &fl.mps_root {
         if root.is_empty() || absolute("flags.mpsRoot", root, f) {
-            config.mps_root = Some(root.clone()).filter(|r| !r.is_empty());
+            config.plugin.mps_root = Some(root.clone()).filter(|r| !r.is_empty());
         }
     }
     // NVIDIA: the dev root defaults to the driver root; "" means "/" (paths are joined to it).

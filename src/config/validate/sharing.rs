@@ -1,4 +1,5 @@
-//! `sharing:` — time-slicing (NVIDIA's), vGPU slices (ours) — and the rules between entries.
+//! `sharing:` — time-slicing and MPS (NVIDIA's), vGPU slices (ours) — and the rules between
+//! entries.
 //!
 //! NVIDIA's plugin validates `rename` and `devices` and then drops them
 //! (`DisableResourceNamingInConfig`). gpu-agent honours `rename`, and `devices` together with a
@@ -16,7 +17,8 @@ use super::{Findings, MAX_REPLICAS};
 use crate::config::file;
 use crate::config::schema::short;
 use crate::config::{
-    Config, DeviceSelector, SharedPlacement, TimeSlicingRule, VgpuRule, WarningKind,
+    Config, DeviceSelector, MigStrategy, SharedPlacement, TimeSlicing, TimeSlicingRule, VgpuRule,
+    WarningKind,
 };
 use crate::resources::names;
 
@@ -24,41 +26,29 @@ use crate::resources::names;
 #[derive(Default)]
 struct Positions {
     time_slicing: Vec<usize>,
+    mps: Vec<usize>,
     vgpu: Vec<usize>,
 }
 
 /// Read `sharing:` into `config`.
 pub(super) fn sharing(raw: &file::Sharing, config: &mut Config, f: &mut Findings) {
-    if let Some(mps) = &raw.mps {
-        if mps.resources.is_empty() {
-            f.error("sharing.mps.resources", "no resources specified");
-        } else {
-            f.error(
-                "sharing.mps",
-                "MPS sharing is not supported by gpu-agent yet; use sharing.timeSlicing (the same \
-                 replicas, without MPS's isolation) or sharing.vgpu (memory and SM limits per slice)",
-            );
-        }
-    }
     // File positions of the rules kept, so that later errors name the entry as written even
     // when an earlier one was rejected.
     let mut positions = Positions::default();
     if let Some(ts) = &raw.time_slicing {
-        let rename_by_default = ts.rename_by_default.unwrap_or(false);
-        config.time_slicing.rename_by_default = rename_by_default;
-        config.time_slicing.fail_requests_greater_than_one =
-            ts.fail_requests_greater_than_one.unwrap_or(false);
-        if ts.resources.is_empty() {
-            f.error("sharing.timeSlicing.resources", "no resources specified");
-        }
-        for (i, r) in ts.resources.iter().enumerate() {
-            let Some(r) = r else { continue };
-            let path = format!("sharing.timeSlicing.resources[{i}]");
-            if let Some(rule) = time_slicing_rule(&path, r, rename_by_default, f) {
-                config.time_slicing.resources.push(rule);
-                positions.time_slicing.push(i);
-            }
-        }
+        config.time_slicing = replicated(
+            "sharing.timeSlicing",
+            ts,
+            false,
+            &mut positions.time_slicing,
+            f,
+        );
+    }
+    if let Some(mps) = &raw.mps {
+        // NVIDIA's plugin keeps failRequestsGreaterThanOne on for MPS unless the file says
+        // otherwise (`config.go`): an MPS client is pinned to one daemon's share.
+        config.mps = replicated("sharing.mps", mps, true, &mut positions.mps, f);
+        mps_rules(raw, config, &positions.mps, f);
     }
     for (i, r) in raw.vgpu.resources.iter().enumerate() {
         let Some(r) = r else { continue };
@@ -78,6 +68,68 @@ pub(super) fn sharing(raw: &file::Sharing, config: &mut Config, f: &mut Findings
         ),
     }
     overlaps(&positions, config, f);
+}
+
+/// One `timeSlicing`-shaped section (`sharing.timeSlicing` or `sharing.mps`) at `section`.
+fn replicated(
+    section: &str,
+    raw: &file::TimeSlicing,
+    fail_by_default: bool,
+    positions: &mut Vec<usize>,
+    f: &mut Findings,
+) -> TimeSlicing {
+    let rename_by_default = raw.rename_by_default.unwrap_or(false);
+    let mut out = TimeSlicing {
+        rename_by_default,
+        fail_requests_greater_than_one: raw
+            .fail_requests_greater_than_one
+            .unwrap_or(fail_by_default),
+        resources: Vec::new(),
+    };
+    if raw.resources.is_empty() {
+        f.error(format!("{section}.resources"), "no resources specified");
+    }
+    for (i, r) in raw.resources.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let path = format!("{section}.resources[{i}]");
+        if let Some(rule) = time_slicing_rule(&path, r, rename_by_default, f) {
+            out.resources.push(rule);
+            positions.push(i);
+        }
+    }
+    out
+}
+
+/// The combinations NVIDIA's plugin refuses with MPS, with its reasons.
+fn mps_rules(raw: &file::Sharing, config: &Config, positions: &[usize], f: &mut Findings) {
+    if raw.time_slicing.is_some() {
+        // NVIDIA's plugin runs one sharing strategy: with `mps` set it ignores `timeSlicing`
+        // entirely. Refused here rather than silently dropped.
+        f.error(
+            "sharing.timeSlicing",
+            "cannot be used together with sharing.mps: NVIDIA's plugin applies one sharing \
+             strategy per config (MPS when sharing.mps is set) and would ignore timeSlicing",
+        );
+    }
+    if config.mig_strategy == MigStrategy::Mixed {
+        f.error(
+            "flags.migStrategy",
+            "using --mig-strategy=mixed is not supported with MPS",
+        );
+    }
+    for (r, &i) in config.mps.resources.iter().zip(positions) {
+        if r.name.starts_with("nvidia.com/mig-") {
+            f.error(
+                format!("sharing.mps.resources[{i}].name"),
+                format!(
+                    "sharing using MPS is not supported for MIG devices; only {} can be \
+                     shared with MPS, got {}",
+                    names::GPU,
+                    r.name
+                ),
+            );
+        }
+    }
 }
 
 /// A name that passes NVIDIA's `ResourceName` rules, or an error at `path`.
@@ -335,6 +387,16 @@ fn overlaps(positions: &Positions, config: &Config, f: &mut Findings) {
         let advertised = r.advertised(rename_by_default);
         entries.push(Entry {
             path: format!("sharing.timeSlicing.resources[{i}]"),
+            source: &r.name,
+            renamed: advertised != r.name,
+            advertised,
+            devices: &r.devices,
+        });
+    }
+    for (r, &i) in config.mps.resources.iter().zip(&positions.mps) {
+        let advertised = r.advertised(config.mps.rename_by_default);
+        entries.push(Entry {
+            path: format!("sharing.mps.resources[{i}]"),
             source: &r.name,
             renamed: advertised != r.name,
             advertised,

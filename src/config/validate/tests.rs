@@ -237,7 +237,7 @@ strategy: {trainingExclusiveAboveGiB: 16, inferenceSharedBelowGiB: 4.5, migRange
             required: true
         }
     );
-    assert_eq!(c.mps_root.as_deref(), Some("/run/nvidia/mps"));
+    assert_eq!(c.plugin.mps_root.as_deref(), Some("/run/nvidia/mps"));
 }
 
 #[test]
@@ -347,7 +347,8 @@ fn nvidia_s_sharing_rules() {
             ("sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2, devices: -2}]}}", "a count of devices must be > 0"),
             ("sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2, devices: [MIG-GPU-4cf8db2d-06c0-7d70-1a51-e59b25b2c16c]}]}}", "devices[0]: unsupported device reference"),
             ("imex: {channelIDs: [1]}", "imex.channelIDs: invalid IMEX config: channelIDs must be [] or [0]; found [1]"),
-            ("sharing: {mps: {resources: [{name: gpu, replicas: 2}]}}", "sharing.mps: MPS sharing is not supported"),
+            ("sharing: {mps: {resources: [{name: gpu, replicas: 1}]}}", "sharing.mps.resources[0].replicas: number of replicas must be >= 2, got 1"),
+            ("sharing: {mps: {resources: []}}", "sharing.mps.resources: no resources specified"),
         ] {
             let e = errors(text);
             assert!(e.iter().any(|m| m.contains(needle)), "{text}: missing {needle:?} in {e:#?}");
@@ -584,4 +585,51 @@ fn the_dra_section_is_read_and_checked_with_paths() {
             .any(|m| m.starts_with("dra.devices: must be all, none")),
         "{e:?}"
     );
+}
+
+#[test]
+fn mps_is_accepted_with_nvidias_defaults() {
+    let text = "flags: {mpsRoot: /run/nvidia/mps}\nsharing:\n  mps:\n    resources:\n    - {name: nvidia.com/gpu, replicas: 10}\n";
+    let c = parse(text).expect("valid");
+    assert_eq!(c.mps.resources.len(), 1);
+    assert_eq!(c.mps.resources[0].replicas, 10);
+    assert_eq!(
+        c.mps.resources[0].advertised(c.mps.rename_by_default),
+        "nvidia.com/gpu"
+    );
+    // NVIDIA's config.go: failRequestsGreaterThanOne defaults to true for MPS only.
+    assert!(c.mps.fail_requests_greater_than_one);
+    assert!(!c.time_slicing.fail_requests_greater_than_one);
+    assert_eq!(c.plugin.mps_root.as_deref(), Some("/run/nvidia/mps"));
+
+    let c = parse("sharing: {mps: {renameByDefault: true, failRequestsGreaterThanOne: false, resources: [{name: gpu, replicas: 2}]}}")
+        .map_err(|e| format!("{e:?}"))
+        .expect("valid");
+    assert_eq!(c.mps.resources[0].advertised(true), "nvidia.com/gpu.shared");
+    assert!(!c.mps.fail_requests_greater_than_one);
+}
+
+#[test]
+fn mps_combinations_nvidia_refuses_are_refused_with_its_reasons() {
+    for (text, needle) in [
+        (
+            "sharing: {mps: {resources: [{name: gpu, replicas: 2}]}, timeSlicing: {resources: [{name: gpu, replicas: 2}]}}",
+            "sharing.timeSlicing: cannot be used together with sharing.mps",
+        ),
+        (
+            "flags: {migStrategy: mixed}\nsharing: {mps: {resources: [{name: gpu, replicas: 2}]}}",
+            "flags.migStrategy: using --mig-strategy=mixed is not supported with MPS",
+        ),
+        (
+            "sharing: {mps: {resources: [{name: nvidia.com/mig-1g.10gb, replicas: 2}]}}",
+            "sharing.mps.resources[0].name: sharing using MPS is not supported for MIG devices",
+        ),
+        (
+            "sharing: {mps: {resources: [{name: gpu, replicas: 2}]}, vgpu: {resources: [{name: gpu, memoryMiB: 1024}]}}",
+            "sharing.vgpu.resources[0]: selects the same nvidia.com/gpu device(s) as sharing.mps.resources[0]",
+        ),
+    ] {
+        let e = errors(text);
+        assert!(e.iter().any(|m| m.contains(needle)), "{text}: missing {needle:?} in {e:#?}");
+    }
 }
