@@ -106,17 +106,19 @@ pub fn node_labels(snapshot: &Snapshot) -> BTreeMap<String, String> {
     // Whole GPUs: GFD counts every GPU of the model, MIG-enabled or not.
     let (model, gpus) = main_model(&inventory.gpus);
     let gpu_resource = resources.get(GPU);
-    let shared = gpu_resource.is_some_and(|r| r.strategy == Strategy::TimeSliced);
+    let shared =
+        gpu_resource.is_some_and(|r| matches!(r.strategy, Strategy::TimeSliced | Strategy::Mps));
     let mut name = vec![model];
     if shared {
         name.push("SHARED");
     }
-    // Replicas of a resource's time-slicing entry, if it has one.
+    // Replicas of a resource's time-slicing or MPS entry, if it has one.
     let time_sliced = |resource: &str| {
         config
             .time_slicing
             .resources
             .iter()
+            .chain(&config.mps.resources)
             .find(|r| r.name == resource)
             .map(|r| r.replicas)
     };
@@ -146,7 +148,10 @@ pub fn node_labels(snapshot: &Snapshot) -> BTreeMap<String, String> {
     let strategies: Vec<Strategy> = resources.resources.values().map(|r| r.strategy).collect();
     let time_slicing = strategies.contains(&Strategy::TimeSliced);
     let vgpu = strategies.contains(&Strategy::Vgpu);
+    let mps = strategies.contains(&Strategy::Mps);
     let sharing = match (time_slicing, vgpu) {
+        // MPS is refused together with time-slicing; GFD's label for it is "mps".
+        (false, false) if mps => "mps",
         (false, false) => "none",
         (true, false) => "time-slicing",
         (false, true) => "vgpu",

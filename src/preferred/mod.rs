@@ -103,8 +103,12 @@ pub fn choose_with(
         match resource.strategy {
             Strategy::Exclusive => whole_gpus(topology, &must, &free, size, search),
             Strategy::Mig => shared::packed(&must, &free, shared::by_gpu, want),
-            Strategy::TimeSliced if packed => shared::packed(&must, &free, shared::by_device, want),
-            Strategy::TimeSliced => shared::spread(&must, &free, shared::by_device, want),
+            Strategy::TimeSliced | Strategy::Mps if packed => {
+                shared::packed(&must, &free, shared::by_device, want)
+            }
+            Strategy::TimeSliced | Strategy::Mps => {
+                shared::spread(&must, &free, shared::by_device, want)
+            }
             Strategy::Vgpu => shared::vgpu(&must, &free, want, packed),
         }
     };

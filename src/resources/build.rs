@@ -136,6 +136,10 @@ enum RuleKind {
     TimeSliced {
         replicas: u32,
     },
+    /// Replicas served by one MPS control daemon per resource.
+    Mps {
+        replicas: u32,
+    },
     Vgpu {
         memory_mib: u64,
         compute_percent: Option<u32>,
@@ -249,7 +253,18 @@ pub fn build(
             let base = unit.id();
             let visible = unit.visible_id(id_strategy);
             match rule.kind {
-                RuleKind::TimeSliced { replicas } => {
+                RuleKind::Mps { .. } if unit.mig.is_some() => {
+                    // migStrategy single advertises MIG devices as nvidia.com/gpu; NVIDIA's
+                    // plugin refuses to start MPS on them.
+                    errors.push(BuildError::Config {
+                        path: format!("{}.name", rule.path),
+                        message: format!(
+                            "sharing using MPS is not supported for MIG devices ({})",
+                            unit.describe()
+                        ),
+                    });
+                }
+                RuleKind::TimeSliced { replicas } | RuleKind::Mps { replicas } => {
                     for n in 0..replicas {
                         devices.push(Device {
                             id: ids::replica(&base, n),
@@ -299,6 +314,7 @@ pub fn build(
                 Strategy::TimeSliced,
                 config.time_slicing.fail_requests_greater_than_one,
             ),
+            RuleKind::Mps { .. } => (Strategy::Mps, config.mps.fail_requests_greater_than_one),
             RuleKind::Vgpu { .. } => (Strategy::Vgpu, false),
         };
         insert(
@@ -435,6 +451,17 @@ fn rules(config: &Config) -> Vec<Rule<'_>> {
             advertised: r.advertised(config.time_slicing.rename_by_default),
             devices: &r.devices,
             kind: RuleKind::TimeSliced {
+                replicas: r.replicas,
+            },
+        });
+    }
+    for (i, r) in config.mps.resources.iter().enumerate() {
+        out.push(Rule {
+            path: format!("sharing.mps.resources[{i}]"),
+            source: &r.name,
+            advertised: r.advertised(config.mps.rename_by_default),
+            devices: &r.devices,
+            kind: RuleKind::Mps {
                 replicas: r.replicas,
             },
         });

@@ -23,6 +23,9 @@ pub enum Strategy {
     Exclusive,
     /// One device = one of N replicas of a GPU or MIG device.
     TimeSliced,
+    /// One device = one of N replicas of a GPU, served by the resource's MPS control daemon
+    /// (a share of the SMs and of the memory per client; Allocate adds the pipe directory).
+    Mps,
     /// One device = one MIG device.
     Mig,
     /// One device = one fixed memory slice of a GPU.
@@ -35,6 +38,7 @@ impl Strategy {
         match self {
             Strategy::Exclusive => "exclusive",
             Strategy::TimeSliced => "time-sliced",
+            Strategy::Mps => "mps",
             Strategy::Mig => "mig",
             Strategy::Vgpu => "vgpu",
         }

@@ -83,7 +83,7 @@ impl Mode {
         use crate::resources::Strategy;
         match strategy {
             Strategy::Exclusive => Mode::Exclusive,
-            Strategy::TimeSliced => Mode::Shared,
+            Strategy::TimeSliced | Strategy::Mps => Mode::Shared,
             Strategy::Mig => Mode::Mig,
             Strategy::Vgpu => Mode::Vgpu,
         }

@@ -500,3 +500,54 @@ sharing:
     .unwrap_err();
     assert!(errors[0].to_string().contains("cannot mix"), "{errors:?}");
 }
+
+#[test]
+fn mps_replicas_are_advertised_as_nvidia_does() {
+    let inv = inventory(fixture::DEFAULT_FIXTURE);
+    let set = ok(
+        &inv,
+        "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 10}]}}",
+    );
+    let r = set.get("nvidia.com/gpu").unwrap();
+    assert_eq!(r.strategy, Strategy::Mps);
+    assert_eq!(r.devices.len(), 80);
+    assert_eq!(r.devices[3].id, format!("{}::3", inv.gpus[0].uuid));
+    assert_eq!(r.devices[3].visible_id, inv.gpus[0].uuid);
+    // NVIDIA's default for MPS.
+    assert!(r.fail_requests_greater_than_one);
+
+    let set = ok(
+        &inv,
+        "sharing: {mps: {renameByDefault: true, failRequestsGreaterThanOne: false, resources: [{name: gpu, replicas: 2}]}}",
+    );
+    assert_eq!(set.names().collect::<Vec<_>>(), ["nvidia.com/gpu.shared"]);
+    let shared = set.get("nvidia.com/gpu.shared").unwrap();
+    assert_eq!(shared.strategy, Strategy::Mps);
+    assert!(!shared.fail_requests_greater_than_one);
+}
+
+#[test]
+fn mps_on_mig_devices_is_refused_on_the_node() {
+    // migStrategy single advertises MIG devices as nvidia.com/gpu: NVIDIA refuses MPS on them.
+    let inv = inventory(
+        r#"
+gpus:
+  - {model: NVIDIA A100-SXM4-40GB, mig: {devices: [1g.5gb, 1g.5gb]}}
+"#,
+    );
+    let errors = build(
+        &inv,
+        &cfg(
+            "flags: {migStrategy: single}\nsharing: {mps: {resources: [{name: gpu, replicas: 2}]}}",
+        ),
+        &HealthState::default(),
+    )
+    .unwrap_err();
+    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|e| e.contains("sharing.mps.resources[0].name")
+                && e.contains("sharing using MPS is not supported for MIG devices")),
+        "{text:#?}"
+    );
+}
