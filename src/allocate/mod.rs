@@ -9,6 +9,7 @@
 pub mod device_specs;
 pub mod extras;
 pub mod grant;
+pub mod mps;
 pub mod strategies;
 
 use std::collections::BTreeMap;
@@ -137,6 +138,9 @@ pub fn grant(
             .extend(extras::imex_specs(&channels, dev_root));
     }
     vgpu_limits(&mut grant.envs, &devices);
+    if resource.strategy == Strategy::Mps {
+        mps::apply(&mut grant, &resource.name, plugin.mps_root());
+    }
     Ok(grant)
 }
 

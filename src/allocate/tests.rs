@@ -401,3 +401,71 @@ fn unhealthy_devices_are_refused() {
     assert!(matches!(err, AllocateError::UnhealthyDevice { .. }));
     assert!(err.to_string().contains(&inv.gpus[1].uuid));
 }
+
+#[test]
+fn mps_replicas_get_nvidias_pipe_directory_env_and_mounts() {
+    let (inv, config, set) =
+        setup("sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}");
+    let picked = ids(&set, "nvidia.com/gpu", &[5]);
+    assert_eq!(picked[0], format!("{}::1", inv.gpus[1].uuid));
+    let g = allocate(&set, &config, "nvidia.com/gpu", &picked).unwrap();
+    assert_eq!(
+        g.envs.get("CUDA_MPS_PIPE_DIRECTORY").map(String::as_str),
+        Some("/mps/nvidia.com/gpu/pipe")
+    );
+    assert_eq!(
+        g.envs.get("NVIDIA_VISIBLE_DEVICES"),
+        Some(&inv.gpus[1].uuid)
+    );
+    // NVIDIA's daemon, not Allocate, sets the per-client limits.
+    assert!(!g.envs.contains_key("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"));
+    assert!(!g.envs.contains_key("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"));
+    let mounts: Vec<(&str, &str, bool)> = g
+        .mounts
+        .iter()
+        .map(|m| (m.container_path.as_str(), m.host_path.as_str(), m.read_only))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (
+                "/mps/nvidia.com/gpu/pipe",
+                "/run/nvidia/mps/nvidia.com/gpu/pipe",
+                false
+            ),
+            ("/dev/shm", "/run/nvidia/mps/shm", false),
+        ]
+    );
+
+    // MPS_ROOT moves the host side only; a renamed resource has its own pipe directory.
+    let (_, config, set) = setup(
+        "flags: {mpsRoot: /var/mps}\nsharing: {mps: {renameByDefault: true, resources: [{name: gpu, replicas: 2}]}}",
+    );
+    let picked = ids(&set, "nvidia.com/gpu.shared", &[0]);
+    let g = allocate(&set, &config, "nvidia.com/gpu.shared", &picked).unwrap();
+    assert_eq!(
+        g.envs.get("CUDA_MPS_PIPE_DIRECTORY").map(String::as_str),
+        Some("/mps/nvidia.com/gpu.shared/pipe")
+    );
+    assert_eq!(g.mounts[0].host_path, "/var/mps/nvidia.com/gpu.shared/pipe");
+    assert_eq!(g.mounts[1].host_path, "/var/mps/shm");
+
+    // failRequestsGreaterThanOne defaults to true for MPS.
+    let (_, config, set) =
+        setup("sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}");
+    let two = ids(&set, "nvidia.com/gpu", &[0, 4]);
+    assert!(matches!(
+        allocate(&set, &config, "nvidia.com/gpu", &two),
+        Err(AllocateError::TooManyReplicas { .. })
+    ));
+}
+
+#[test]
+fn time_sliced_replicas_get_no_mps_env() {
+    let (_, config, set) =
+        setup("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2}]}}");
+    let picked = ids(&set, "nvidia.com/gpu", &[0]);
+    let g = allocate(&set, &config, "nvidia.com/gpu", &picked).unwrap();
+    assert!(!g.envs.contains_key("CUDA_MPS_PIPE_DIRECTORY"));
+    assert!(g.mounts.is_empty());
+}
