@@ -227,6 +227,7 @@ async fn pipeline() -> Result<Pipeline> {
             inventory: inventory_rx,
             config: config_rx,
             health: health_rx.clone(),
+            mps: tokio::sync::watch::channel(Default::default()).1,
             probe: gpu_agent::extras::discover::Probe::host(),
             dra: Default::default(),
         },

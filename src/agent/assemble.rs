@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::extras::discover::Probe;
 use crate::gpu::Inventory;
 use crate::health::{HealthEnv, HealthPolicy, HealthState};
+use crate::mps::readiness::NotReady;
 use crate::snapshot::Snapshot;
 
 /// The input channels, and how the node's extras are looked for.
@@ -24,6 +25,8 @@ pub struct Inputs {
     pub inventory: watch::Receiver<Arc<Inventory>>,
     pub config: watch::Receiver<Arc<Config>>,
     pub health: watch::Receiver<Arc<HealthState>>,
+    /// MPS resources whose control daemon is not ready, merged into `health`.
+    pub mps: watch::Receiver<Arc<NotReady>>,
     pub probe: Probe,
     /// GPUs handed to DRA, left out of the device plugin's resources.
     pub dra: crate::dra::partition::DraDevices,
@@ -40,15 +43,27 @@ pub async fn run(
 ) {
     let mut good_config = snapshots.borrow().config.clone();
     let mut good_extras = snapshots.borrow().extras.clone();
+    let mut mps_open = true;
     loop {
         let config_changed = tokio::select! {
             _ = crate::sync::until_true(&mut shutdown) => break,
             r = inputs.config.changed() => { if r.is_err() { break } true }
             r = inputs.inventory.changed() => { if r.is_err() { break } false }
             r = inputs.health.changed() => { if r.is_err() { break } false }
+            // Optional: without an MPS watcher (tests, benches) the sender is gone at once.
+            r = inputs.mps.changed(), if mps_open => {
+                if r.is_err() {
+                    mps_open = false;
+                    continue;
+                }
+                false
+            }
         };
         let inventory = inputs.inventory.borrow_and_update().clone();
-        let health = inputs.health.borrow_and_update().clone();
+        let health = with_mps(
+            inputs.health.borrow_and_update().clone(),
+            &inputs.mps.borrow_and_update(),
+        );
         let _span = tracing::info_span!("rebuild", config_changed).entered();
         let (config, extras) = if config_changed {
             let config = inputs.config.borrow_and_update().clone();
@@ -98,6 +113,14 @@ pub async fn run(
             }
         }
     }
+}
+
+/// `health` with the MPS resources that are not ready as unhealthy resources.
+pub fn with_mps(health: Arc<HealthState>, mps: &NotReady) -> Arc<HealthState> {
+    if health.resources == *mps {
+        return health;
+    }
+    Arc::new((*health).clone().with_resources(mps.clone()))
 }
 
 #[cfg(test)]
@@ -156,6 +179,7 @@ mod tests {
                 inventory: inventory_rx,
                 config: config_rx,
                 health: health_rx,
+                mps: watch::channel(Arc::default()).1,
                 probe: Probe::at(roots),
                 dra: Default::default(),
             },

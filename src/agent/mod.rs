@@ -63,6 +63,8 @@ pub async fn run(mut args: RunArgs) -> Result<(), Fatal> {
     *args.dra = args.dra.with_file(&snapshot.config.dra);
     let dra_devices = args.dra.selection();
     let snapshot = partition_first(snapshot, &dra_devices)?;
+    let mps_down = crate::mps::readiness::check(&snapshot.config);
+    let snapshot = mps_first(snapshot, &mps_down, &dra_devices)?;
     let inventory = snapshot.inventory.clone();
     let config = snapshot.config.clone();
     let health = snapshot.health.clone();
@@ -92,6 +94,15 @@ pub async fn run(mut args: RunArgs) -> Result<(), Fatal> {
     let (inventory_tx, inventory_rx) = watch::channel(inventory);
     let (config_tx, config_rx) = watch::channel(config);
     let (health_tx, health_rx) = watch::channel(health);
+    let (mps_tx, mps_rx) = watch::channel(Arc::new(mps_down));
+    if !snapshot.config.mps.resources.is_empty() {
+        tokio::spawn(crate::mps::readiness::run(
+            config_rx.clone(),
+            mps_tx,
+            crate::mps::readiness::POLL_INTERVAL,
+            shutdown.clone(),
+        ));
+    }
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(snapshot));
     let (policy_tx, policy_rx) = watch::channel(policy);
     let (event_tx, event_rx) = queue::channel();
@@ -136,6 +147,7 @@ pub async fn run(mut args: RunArgs) -> Result<(), Fatal> {
             inventory: inventory_rx,
             config: config_rx,
             health: health_rx,
+            mps: mps_rx,
             probe: crate::extras::discover::Probe::host(),
             dra: dra_devices.clone(),
         },
@@ -252,6 +264,30 @@ fn partition_first(
         "GPUs split between DRA and the device plugin"
     );
     Ok(snapshot)
+}
+
+/// The first snapshot with the replicas of MPS resources whose daemon is not ready Unhealthy,
+/// so that none is advertised Healthy before the readiness watcher's first look.
+fn mps_first(
+    snapshot: Snapshot,
+    not_ready: &crate::mps::readiness::NotReady,
+    dra: &crate::dra::partition::DraDevices,
+) -> Result<Snapshot, Fatal> {
+    if not_ready.is_empty() {
+        return Ok(snapshot);
+    }
+    for (resource, why) in not_ready {
+        tracing::warn!(%resource, reason = %why.reason, "MPS resource not ready; its replicas are Unhealthy");
+    }
+    let health = assemble::with_mps(snapshot.health.clone(), not_ready);
+    Snapshot::build_partitioned(
+        snapshot.inventory.clone(),
+        snapshot.config.clone(),
+        health,
+        snapshot.extras.clone(),
+        dra,
+    )
+    .map_err(crate::commands::build_failure)
 }
 
 /// Where the DRA driver runs.

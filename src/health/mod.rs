@@ -31,12 +31,28 @@ pub struct HealthState {
     pub gpus: BTreeMap<String, Unhealthy>,
     /// Unhealthy MIG devices by UUID.
     pub migs: BTreeMap<String, Unhealthy>,
+    /// Advertised resources all of whose shared devices are unusable, by resource name: an MPS
+    /// resource whose control daemon is not ready ([`crate::mps::readiness`]). Not a device
+    /// fault, so it comes from its own watcher and is merged in by the assembler.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, Unhealthy>,
 }
 
 impl HealthState {
     /// True when every device is healthy.
     pub fn all_healthy(&self) -> bool {
-        self.gpus.is_empty() && self.migs.is_empty()
+        self.gpus.is_empty() && self.migs.is_empty() && self.resources.is_empty()
+    }
+
+    /// Are the shared devices of the advertised resource `name` usable as a whole?
+    pub fn resource_healthy(&self, name: &str) -> bool {
+        !self.resources.contains_key(name)
+    }
+
+    /// This state with `resources` as the unhealthy resources (replacing any before).
+    pub fn with_resources(mut self, resources: BTreeMap<String, Unhealthy>) -> Self {
+        self.resources = resources;
+        self
     }
 
     /// Is the GPU `uuid` healthy?

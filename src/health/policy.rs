@@ -503,6 +503,8 @@ impl HealthTracker {
         HealthState {
             gpus: convert(&self.gpus),
             migs: convert(&self.migs),
+            // Resource-wide states (MPS readiness) are merged in by the assembler.
+            resources: BTreeMap::new(),
         }
     }
 }

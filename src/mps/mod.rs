@@ -3,3 +3,4 @@
 //! and the limits each client gets; both sides read it, so a path is spelled in one place.
 
 pub mod layout;
+pub mod readiness;

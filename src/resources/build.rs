@@ -265,10 +265,16 @@ pub fn build(
                     });
                 }
                 RuleKind::TimeSliced { replicas } | RuleKind::Mps { replicas } => {
+                    // An MPS resource whose daemon is not ready has no usable replica.
+                    let usable = if health.resource_healthy(&rule.advertised) {
+                        unit.health(health)
+                    } else {
+                        Health::Unhealthy
+                    };
                     for n in 0..replicas {
                         devices.push(Device {
                             id: ids::replica(&base, n),
-                            health: unit.health(health),
+                            health: usable,
                             numa_node: unit.gpu.numa_node,
                             target: unit.target(Some(n), None),
                             visible_id: visible.clone(),
