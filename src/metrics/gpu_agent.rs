@@ -3,12 +3,13 @@
 //!
 //! A value the device did not report is omitted, never 0. Units are converted here, once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::names::{self, MetricDef};
 use super::sink::Sink;
 use super::view::{Device, Holder, View};
 use crate::gpu::Profiling;
+use crate::resources::Strategy;
 
 const MIB: f64 = 1024.0 * 1024.0;
 const MHZ: f64 = 1_000_000.0;
@@ -277,5 +278,36 @@ pub fn emit<'d>(
                 .add("uuid", holder.uuid);
         };
         sink.series(holder.position as u64, labels, 1.0);
+    }
+
+    mps_shares(view, sink);
+}
+
+/// `gpu_mps_active_thread_percent`: per MPS resource and GPU, `100 / replicas on that GPU`, the
+/// share NVIDIA's control daemon gives each client ([`crate::mps::layout::active_thread_percentage`]).
+fn mps_shares(view: &View<'_>, sink: &mut impl Sink) {
+    sink.family(&names::MPS_ACTIVE_THREAD_PERCENT);
+    let mut id = 0u64;
+    for (name, resource) in &view.snapshot.resources.resources {
+        if resource.strategy != Strategy::Mps {
+            continue;
+        }
+        let mut replicas: BTreeMap<&str, u32> = BTreeMap::new();
+        for d in &resource.devices {
+            *replicas.entry(d.target.gpu_uuid.as_str()).or_default() += 1;
+        }
+        for (uuid, count) in replicas {
+            let Some(pct) = crate::mps::layout::active_thread_percentage(count) else {
+                continue;
+            };
+            sink.series(
+                id,
+                |l| {
+                    l.add("resource", name).add("uuid", uuid);
+                },
+                f64::from(pct),
+            );
+            id += 1;
+        }
     }
 }

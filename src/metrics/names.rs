@@ -228,6 +228,11 @@ pub const CONTAINER_ALLOCATION: MetricDef = gauge(
     "1 for every container the kubelet reports holding an advertised device; uuid joins the device gauges.",
     &["namespace", "pod", "container", "resource", "device_id", "uuid"],
 );
+pub const MPS_ACTIVE_THREAD_PERCENT: MetricDef = gauge(
+    "gpu_mps_active_thread_percent",
+    "SM share (percent) each MPS client of the resource gets on the GPU: 100 / replicas, as the MPS control daemon sets it (set_default_active_thread_percentage).",
+    &["resource", "uuid"],
+);
 pub const BUILD_INFO: MetricDef = gauge(
     "gpu_agent_build_info",
     "Always 1; the version label says which gpu-agent is running.",
@@ -315,6 +320,7 @@ pub const ALL: &[MetricDef] = &[
     GPU_XID_EVENTS,
     GPU_XID_CRITICAL_ERRORS,
     CONTAINER_ALLOCATION,
+    MPS_ACTIVE_THREAD_PERCENT,
     BUILD_INFO,
     REGISTRATIONS,
     ALLOCATIONS,

@@ -425,6 +425,50 @@ fn attribution_maps_every_sharer_to_the_device_uuid() {
     assert_eq!(series(&fams, "gpu_agent_pod_resources_up")[0].1, 1.0);
 }
 
+#[test]
+fn mps_replicas_are_attributed_like_time_sliced_ones_with_their_sm_share() {
+    let f = fixture(
+        Some("version: v1\nsharing:\n  mps:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 3}\n"),
+        HealthState::default(),
+    );
+    let gpu0 = f.snapshot.inventory.gpus[0].uuid.clone();
+    let gpu = "nvidia.com/gpu";
+    let state = State {
+        pods: PodAllocations {
+            devices: vec![
+                held("a", gpu, format!("{gpu0}::0")),
+                held("b", gpu, format!("{gpu0}::2")),
+            ],
+            up: true,
+        },
+        ..State::default()
+    };
+    let fams = build(&view(&f, &state));
+    let got = series(&fams, "gpu_container_allocation");
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|(l, _)| l["uuid"] == gpu0));
+    assert_eq!(got[1].0["device_id"], format!("{gpu0}::2"));
+
+    // 100 / 3 replicas, rounded down as NVIDIA's daemon does, for every GPU of the resource.
+    let shares = series(&fams, "gpu_mps_active_thread_percent");
+    assert_eq!(shares.len(), f.snapshot.inventory.gpus.len(), "{shares:?}");
+    assert_eq!(
+        value(
+            &fams,
+            "gpu_mps_active_thread_percent",
+            &[("uuid", &gpu0), ("resource", gpu)]
+        ),
+        Some(33.0)
+    );
+    // No MPS resource, no series.
+    let plain = fixture(Some(SHARED), HealthState::default());
+    assert!(series(
+        &build(&view(&plain, &state)),
+        "gpu_mps_active_thread_percent"
+    )
+    .is_empty());
+}
+
 /// DRA claims come from the pod-resources API as (driver, DRA device name): attributed to the
 /// GPU or MIG device the name resolves to.
 #[test]
