@@ -60,10 +60,8 @@ pub async fn run(
             }
         };
         let inventory = inputs.inventory.borrow_and_update().clone();
-        let health = with_mps(
-            inputs.health.borrow_and_update().clone(),
-            &inputs.mps.borrow_and_update(),
-        );
+        let health = inputs.health.borrow_and_update().clone();
+        let mps = inputs.mps.borrow_and_update().clone();
         let _span = tracing::info_span!("rebuild", config_changed).entered();
         let (config, extras) = if config_changed {
             let config = inputs.config.borrow_and_update().clone();
@@ -71,6 +69,13 @@ pub async fn run(
             (config, extras)
         } else {
             (good_config.clone(), good_extras.clone())
+        };
+        // A new config's MPS resources are judged now, not at the watcher's next tick, so that
+        // none is advertised Healthy before its daemon is seen.
+        let health = if config_changed {
+            with_mps(health, &crate::mps::readiness::check(&config))
+        } else {
+            with_mps(health, &mps)
         };
         match Snapshot::build_partitioned(
             inventory,

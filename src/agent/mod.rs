@@ -95,14 +95,13 @@ pub async fn run(mut args: RunArgs) -> Result<(), Fatal> {
     let (config_tx, config_rx) = watch::channel(config);
     let (health_tx, health_rx) = watch::channel(health);
     let (mps_tx, mps_rx) = watch::channel(Arc::new(mps_down));
-    if !snapshot.config.mps.resources.is_empty() {
-        tokio::spawn(crate::mps::readiness::run(
-            config_rx.clone(),
-            mps_tx,
-            crate::mps::readiness::POLL_INTERVAL,
-            shutdown.clone(),
-        ));
-    }
+    // Always: a reloaded config may add MPS resources (with none, a tick looks at no file).
+    tokio::spawn(crate::mps::readiness::run(
+        config_rx.clone(),
+        mps_tx,
+        crate::mps::readiness::POLL_INTERVAL,
+        shutdown.clone(),
+    ));
     let (snapshot_tx, snapshots) = watch::channel(Arc::new(snapshot));
     let (policy_tx, policy_rx) = watch::channel(policy);
     let (event_tx, event_rx) = queue::channel();
