@@ -90,3 +90,38 @@ async fn mps_replicas_follow_their_daemons_readiness_and_carry_the_pipe_director
         .until("every replica Healthy again", |d| unhealthy(d).is_empty())
         .await;
 }
+
+#[tokio::test]
+async fn mps_added_by_a_reload_is_unhealthy_until_its_daemon_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mps_root = dir.path().join("mps");
+    let config = write_file(dir.path(), "config.yaml", "version: v1\n");
+    let (kubelet, _agent, reg) = start_registered(
+        dir.path(),
+        &["--config", arg(&config), "--mps-root", arg(&mps_root)],
+    )
+    .await;
+    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    assert_eq!(plugin.ids().len(), 8);
+
+    write_file(
+        dir.path(),
+        "config.yaml",
+        "version: v1\nsharing:\n  mps:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 2}\n",
+    );
+    // Never advertised Healthy before the daemon is seen.
+    let devices = plugin
+        .until("the replicas", |d| d.len() == 16)
+        .await
+        .to_vec();
+    assert_eq!(unhealthy(&devices).len(), 16);
+
+    let resource_dir = mps_root.join("nvidia.com").join("gpu");
+    std::fs::create_dir_all(&resource_dir).unwrap();
+    std::fs::write(resource_dir.join(".started"), "").unwrap();
+    plugin
+        .until("every replica Healthy", |d| {
+            d.len() == 16 && unhealthy(d).is_empty()
+        })
+        .await;
+}
