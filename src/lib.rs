@@ -21,6 +21,7 @@ pub mod http;
 pub mod labels;
 pub mod logging;
 pub mod metrics;
+pub mod mps;
 pub mod plugin;
 pub mod podresources;
 pub mod preferred;
