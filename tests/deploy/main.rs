@@ -21,6 +21,7 @@ mod common;
 mod dra;
 mod hardening;
 mod image;
+mod mps;
 mod render;
 mod yaml;
 
