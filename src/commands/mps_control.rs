@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::cli::MpsControlArgs;
 use crate::commands::Fatal;
 use crate::mps::control::{self, MPS_CONTROL, NVIDIA_SMI};
-use crate::mps::daemon::{MpsDaemonSpec, Settings, Supervised};
+use crate::mps::daemon::{reap_orphans, MpsDaemonSpec, Settings, Supervised};
 
 /// How often the supervisor wakes: bounds how long a dead daemon keeps its ready marker.
 const TICK: Duration = Duration::from_millis(200);
@@ -46,6 +46,7 @@ pub fn run(args: MpsControlArgs) -> Result<(), Fatal> {
         probe_interval: args.probe_interval,
     };
     install_signal_handlers();
+    become_subreaper();
     tracing::info!(daemons = specs.len(), mps_root = %settings.mps_root.display(), "MPS control starting");
     if specs.is_empty() {
         tracing::info!("no resource is shared with MPS: waiting for a signal");
@@ -59,6 +60,7 @@ pub fn run(args: MpsControlArgs) -> Result<(), Fatal> {
         for daemon in &mut daemons {
             daemon.tick(&settings, now);
         }
+        reap_orphans();
         std::thread::sleep(TICK);
     }
     tracing::info!("signal received: stopping the MPS control daemons");
@@ -80,6 +82,19 @@ fn specs_from_file(path: &Path) -> Result<Vec<MpsDaemonSpec>, Fatal> {
         .map_err(|e| Fatal::Other(format!("cannot read {}: {e}", path.display())))?;
     serde_json::from_str(&text)
         .map_err(|e| Fatal::Invalid(format!("invalid MPS spec file {}: {e}", path.display())))
+}
+
+/// `nvidia-cuda-mps-control -d` forks the daemon and exits, so the daemon is orphaned. As a
+/// subreaper (and as a container's PID 1, which it often is) this process adopts it: a daemon
+/// that dies then becomes our zombie, which `reap_orphans` collects. Unreaped, a zombie would
+/// still pass the pid-file liveness check.
+fn become_subreaper() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, "cannot become a child subreaper; relying on the get_server_list probe");
+    }
 }
 
 fn install_signal_handlers() {

@@ -313,6 +313,7 @@ impl Supervised {
 
     /// Is the process in the daemon's pid file alive?
     fn daemon_alive(&self) -> bool {
+        reap_orphans();
         let Ok(text) = std::fs::read_to_string(self.pipe_dir.join(PID_FILE)) else {
             return false;
         };
@@ -368,6 +369,21 @@ impl Supervised {
             retry_at: Instant::now(),
             backoff: FIRST_BACKOFF,
         };
+    }
+}
+
+/// Collect every exited child, so that an adopted daemon that died stops passing the liveness
+/// check as a zombie. Safe only where no `std::process::Child` is outstanding: the supervisor is
+/// single-threaded and waits for every tool it runs before it calls this.
+pub fn reap_orphans() {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with WNOHANG writes only to `status`.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+        tracing::debug!(pid, status, "reaped an exited process");
     }
 }
 
