@@ -270,3 +270,26 @@ fn a_missing_control_binary_is_named_and_fatal() {
     );
     assert!(!root.join("nvidia.com/gpu/.ready").exists());
 }
+
+#[test]
+fn a_spec_that_would_leave_the_mps_root_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("specs.json");
+    std::fs::write(
+        &spec,
+        r#"[{"resource":"../../etc","gpu_uuids":["GPU-a"],"replicas":2,"active_thread_percentage":50}]"#,
+    )
+    .expect("write");
+    let out = Command::new(AGENT)
+        .args(["mps-control", "--mps-root"])
+        .arg(dir.path().join("mps"))
+        .arg("--mps-spec-file")
+        .arg(&spec)
+        .env("PATH", path_with_stand_ins())
+        .output()
+        .expect("run gpu-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("../../etc"), "{stderr}");
+    assert!(!dir.path().join("etc").exists());
+}
