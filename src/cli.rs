@@ -30,6 +30,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Serve the mutating admission webhook that applies the strategy rules to pods.
     Webhook(WebhookArgs),
+    /// Run and supervise one MPS control daemon per MPS-shared resource (docs/mps.md).
+    MpsControl(MpsControlArgs),
     /// Validate a config file: exit 0 and a summary, or exit 2 and every error.
     CheckConfig {
         /// Config file to validate.
@@ -533,6 +535,38 @@ fn argv_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi
         args.insert(1, "run".into());
     }
     args
+}
+
+/// `gpu-agent mps-control`.
+#[derive(Debug, Clone, Args)]
+pub struct MpsControlArgs {
+    /// The node and its config, read as `run` reads them: the MPS-shared resources and
+    /// `flags.mpsRoot` / `--mps-root` / `MPS_ROOT` (default /run/nvidia/mps) come from there, so
+    /// both containers agree on every path.
+    #[command(flatten)]
+    pub inventory: InventoryArgs,
+    /// nvidia-cuda-mps-control to run (default: found on PATH).
+    #[arg(long, env = "GPU_AGENT_MPS_CONTROL_BINARY", value_name = "PATH")]
+    pub mps_control_binary: Option<PathBuf>,
+    /// nvidia-smi, which sets the compute mode (default: found on PATH).
+    #[arg(long, env = "GPU_AGENT_NVIDIA_SMI_BINARY", value_name = "PATH")]
+    pub nvidia_smi_binary: Option<PathBuf>,
+    /// Set each shared GPU's compute mode to EXCLUSIVE_PROCESS before starting its daemon, and
+    /// back to DEFAULT on shutdown, as NVIDIA's plugin does.
+    #[arg(long, env = "GPU_AGENT_MPS_SET_COMPUTE_MODE", default_value_t = true,
+          num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub set_compute_mode: bool,
+    /// How often each running daemon is probed with get_server_list.
+    #[arg(long, env = "GPU_AGENT_MPS_PROBE_INTERVAL", default_value = "1s",
+          value_parser = parse_interval, value_name = "DURATION")]
+    pub probe_interval: Duration,
+    /// Test only: the daemons to run, as a JSON list of MpsDaemonSpec, instead of the config's.
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub mps_spec_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "GPU_AGENT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 /// The name NVIDIA's image runs its plugin under.

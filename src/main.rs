@@ -26,6 +26,10 @@ fn main() -> ExitCode {
             logging::init(args.log_format);
             commands::webhook::run(args).map(|()| None)
         }
+        Command::MpsControl(args) => {
+            logging::init(args.log_format);
+            commands::mps_control::run(args).map(|()| None)
+        }
         Command::CheckConfig { path } => {
             logging::init(LogFormat::Text);
             commands::check_config::run(&path).map(Some)

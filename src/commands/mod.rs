@@ -3,6 +3,7 @@
 
 pub mod check_config;
 pub mod list;
+pub mod mps_control;
 pub mod plan;
 pub mod run;
 pub mod webhook;

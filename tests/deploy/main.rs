@@ -21,6 +21,7 @@ mod common;
 mod dra;
 mod hardening;
 mod image;
+mod mps;
 mod render;
 mod yaml;
 
@@ -47,6 +48,7 @@ pub const OVERLAYS: &[&str] = &[
     "overlays/mock",
     "overlays/dcgm",
     "overlays/cdi",
+    "overlays/mps",
 ];
 const MIG_MIXED: &str = "overlays/mig-mixed";
 const CDI: &str = "overlays/cdi";
@@ -536,7 +538,14 @@ fn configmaps_hold_configs_and_fixtures_the_agent_accepts() {
     let Some(kubectl) = kubectl() else { return };
     for overlay in OVERLAYS {
         let inputs = AgentInputs::of(&render_overlay(&kubectl, overlay));
-        let has_config = ["overlays/time-slicing", "overlays/vgpu", MOCK, CDI].contains(overlay);
+        let has_config = [
+            "overlays/time-slicing",
+            "overlays/vgpu",
+            MOCK,
+            CDI,
+            "overlays/mps",
+        ]
+        .contains(overlay);
         assert_eq!(
             inputs.config.is_some(),
             has_config,
