@@ -125,3 +125,96 @@ async fn mps_added_by_a_reload_is_unhealthy_until_its_daemon_is_ready() {
         })
         .await;
 }
+
+/// The whole flow with both binaries: `gpu-agent mps-control` (stand-ins for
+/// nvidia-cuda-mps-control and nvidia-smi on PATH) runs the daemon the config asks for, and the
+/// agent's replicas follow it: Healthy once it is up, Unhealthy when it dies, Healthy again
+/// once mps-control has restarted it.
+#[tokio::test]
+async fn replicas_follow_the_daemon_mps_control_runs_through_death_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mps_root = dir.path().join("mps");
+    let config = write_file(
+        dir.path(),
+        "config.yaml",
+        "version: v1\nsharing:\n  mps:\n    resources:\n      - {name: nvidia.com/gpu, replicas: 2}\n",
+    );
+    let stand_ins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/mps");
+    let path = format!(
+        "{}:{}",
+        stand_ins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let control = std::process::Command::new(env!("CARGO_BIN_EXE_gpu-agent"))
+        .args([
+            "mps-control",
+            "--backend",
+            "mock",
+            "--probe-interval",
+            "300ms",
+        ])
+        .arg("--config")
+        .arg(&config)
+        .arg("--mps-root")
+        .arg(&mps_root)
+        .env("PATH", &path)
+        .env(
+            "NVIDIA_SMI_STANDIN_LOG",
+            dir.path().join("nvidia-smi.calls"),
+        )
+        .env_remove("MPS_ROOT")
+        .env_remove("CONFIG_FILE")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn mps-control");
+    struct Stop(std::process::Child, std::path::PathBuf);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let pid = std::fs::read_to_string(&self.1).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                // SAFETY: kill(2) on the stand-in daemon this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let pid_file = mps_root.join("nvidia.com/gpu/pipe/nvidia-cuda-mps-control.pid");
+    let _control = Stop(control, pid_file.clone());
+    let mut kubelet = TestKubelet::start(dir.path()).await;
+    let _agent = Agent::spawn(
+        dir.path(),
+        &["--config", arg(&config), "--mps-root", arg(&mps_root)],
+    );
+    let reg = kubelet.next_registration().await;
+    let mut plugin = Plugin::open(&kubelet, &reg.endpoint).await;
+    plugin
+        .until("every replica Healthy once the daemon is up", |d| {
+            d.len() == 16 && unhealthy(d).is_empty()
+        })
+        .await;
+    let first: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the stand-in daemon.
+    unsafe { libc::kill(first, libc::SIGKILL) };
+    plugin
+        .until("every replica Unhealthy while the daemon is down", |d| {
+            unhealthy(d).len() == 16
+        })
+        .await;
+    plugin
+        .until("Healthy again once mps-control restarted it", |d| {
+            unhealthy(d).is_empty()
+        })
+        .await;
+    let second: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(first, second, "a new daemon");
+}
