@@ -371,3 +371,36 @@ fn the_daemons_come_from_the_config_as_the_agent_reads_it() {
     // H100 80GB: 81559 MiB / 2.
     assert!(log.contains(" 40779M"), "{log}");
 }
+
+/// A daemon that is alive but stuck (its control pipe never answers `get_server_list`) is
+/// treated as dead: the probe gives up after its command timeout (10 s), the marker goes, and
+/// once the daemon answers again it is restarted and the marker comes back.
+#[test]
+fn a_stuck_daemon_loses_its_marker_and_is_restarted_once_it_answers() {
+    let mut c = Control::start();
+    wait_for("the ready marker", Duration::from_secs(10), || {
+        c.marker().exists()
+    });
+    let hang = c.pipe_dir().join(".mock-hang");
+    std::fs::write(&hang, "").expect("hang the stand-in");
+    let started = Instant::now();
+    wait_for("the marker to go", Duration::from_secs(20), || {
+        !c.marker().exists()
+    });
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9),
+        "the probe waits its timeout: {took:?}"
+    );
+    std::fs::remove_file(&hang).expect("unhang");
+    wait_for("the marker to come back", Duration::from_secs(30), || {
+        c.marker().exists()
+    });
+    assert!(
+        c.log().matches("[mock] daemon start").count() >= 2,
+        "{}",
+        c.log()
+    );
+    c.signal(libc::SIGTERM);
+    assert!(c.wait_exit(Duration::from_secs(15)).is_some());
+}
