@@ -383,3 +383,21 @@ async fn dra_gpus_leave_the_device_plugin() {
         answer[UID_B].error
     );
 }
+
+/// SPEC §8: without `--kubeconfig` the agent uses the in-cluster config; outside a pod there is
+/// none, and DRA without an API server offers nothing: exit 1 at start, saying what to set.
+#[tokio::test]
+async fn dra_without_an_api_server_configuration_exits_saying_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::spawn(dir.path(), &["--dra", "--node-name", NODE]);
+    let status = agent
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("exits at start");
+    assert_eq!(status.code(), Some(1), "{}", agent.logs());
+    let logs = agent.logs();
+    assert!(logs.contains("no in-cluster Kubernetes config"), "{logs}");
+    assert!(
+        logs.contains("--kubeconfig PATH or set KUBECONFIG"),
+        "{logs}"
+    );
+}

@@ -22,14 +22,15 @@ pub enum ClientError {
         #[source]
         source: kube::config::KubeconfigError,
     },
-    /// Neither KUBECONFIG / ~/.kube/config nor the in-cluster service account worked.
+    /// No `--kubeconfig` / `KUBECONFIG`, and the in-cluster service account is not there.
     #[error(
-        "no Kubernetes config: {source}. In a pod, mount the service account token \
-         (automountServiceAccountToken); outside a cluster, pass --kubeconfig PATH or set KUBECONFIG"
+        "no in-cluster Kubernetes config: {source}. In a pod, mount the service account token \
+         (automountServiceAccountToken: true, as overlays/dra does); outside a cluster, pass \
+         --kubeconfig PATH or set KUBECONFIG"
     )]
-    Infer {
+    InCluster {
         #[source]
-        source: kube::config::InferConfigError,
+        source: kube::config::InClusterError,
     },
     /// The config was read but the client could not be built from it (TLS material, proxy).
     #[error("cannot build the Kubernetes client for {origin}: {source}")]
@@ -40,8 +41,9 @@ pub enum ClientError {
     },
 }
 
-/// A client from `kubeconfig` when given, else from KUBECONFIG (or `~/.kube/config`) when set,
-/// else from the in-cluster service account.
+/// A client from `kubeconfig` when given (`--kubeconfig`, or `KUBECONFIG` through clap), else
+/// from the in-cluster service account (SPEC §8: the default is the in-cluster config; a
+/// developer's `~/.kube/config` is never picked up by surprise).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
     let (config, origin) = match kubeconfig {
         Some(path) => {
@@ -59,10 +61,8 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
             (config, path.display().to_string())
         }
         None => {
-            let config = Config::infer()
-                .await
-                .map_err(|source| ClientError::Infer { source })?;
-            (config, "the inferred config".to_string())
+            let config = Config::incluster().map_err(|source| ClientError::InCluster { source })?;
+            (config, "the in-cluster config".to_string())
         }
     };
     tracing::debug!(cluster = %config.cluster_url, %origin, "Kubernetes client");

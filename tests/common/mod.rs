@@ -107,6 +107,7 @@ impl Agent {
             .env_remove("CONFIG_FILE")
             .env_remove("NODE_NAME")
             .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file);
