@@ -28,6 +28,20 @@ pub struct Claim {
     pub configs: Vec<OpaqueConfig>,
 }
 
+impl Claim {
+    /// The results for `driver`'s devices in `pool`: another driver's devices, or another
+    /// pool's, are not ours to prepare.
+    pub fn results_for<'a>(
+        &'a self,
+        driver: &'a str,
+        pool: &'a str,
+    ) -> impl Iterator<Item = &'a AllocatedDevice> + 'a {
+        self.results
+            .iter()
+            .filter(move |r| r.driver == driver && r.pool == pool)
+    }
+}
+
 /// One entry of `status.allocation.devices.results`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -101,10 +101,7 @@ pub fn prepare(claim: &Claim, uid: &str, node: &Node) -> Result<Prepared, Prepar
     }
     // Device name -> the requests it was allocated for, in the order of the results.
     let mut ours: Vec<(String, Vec<String>)> = Vec::new();
-    for result in &claim.results {
-        if result.driver != node.driver_name || result.pool != node.pool {
-            continue;
-        }
+    for result in claim.results_for(node.driver_name, node.pool) {
         match ours.iter_mut().find(|(d, _)| *d == result.device) {
             Some((_, requests)) => {
                 if !requests.contains(&result.request) {

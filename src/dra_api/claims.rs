@@ -1,54 +1,11 @@
 //! ResourceClaims as the node side needs them: `get(namespace, name)` of a `resource.k8s.io/v1`
-//! ResourceClaim, reduced to a neutral [`ClaimView`] (UID, allocation results, opaque configs),
-//! so that the kubelet side never sees the Kubernetes types.
+//! ResourceClaim, reduced to the kubelet side's neutral [`Claim`] (UID, allocation results,
+//! opaque configs), so that the kubelet side never sees the Kubernetes types.
 
 use k8s_openapi::api::resource::v1::ResourceClaim;
 use kube::Api;
 
-/// One allocated device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimResult {
-    /// The request (or `request/subrequest`) it satisfies.
-    pub request: String,
-    pub driver: String,
-    pub pool: String,
-    pub device: String,
-}
-
-/// An opaque, driver-specific configuration of the claim (from the claim or its class).
-#[derive(Debug, Clone, PartialEq)]
-pub struct OpaqueConfig {
-    pub driver: String,
-    /// The requests it applies to; empty = all.
-    pub requests: Vec<String>,
-    /// `FromClass` or `FromClaim`.
-    pub source: String,
-    pub parameters: serde_json::Value,
-}
-
-/// What a node needs of a claim.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClaimView {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-    /// Empty when the claim is not allocated.
-    pub results: Vec<ClaimResult>,
-    pub configs: Vec<OpaqueConfig>,
-}
-
-impl ClaimView {
-    /// The results for `driver`'s devices in `pool` (another driver's devices are not ours).
-    pub fn results_for<'a>(
-        &'a self,
-        driver: &'a str,
-        pool: &'a str,
-    ) -> impl Iterator<Item = &'a ClaimResult> + 'a {
-        self.results
-            .iter()
-            .filter(move |r| r.driver == driver && r.pool == pool)
-    }
-}
+use crate::dra::claims::{AllocatedDevice, Claim, OpaqueConfig};
 
 /// Why a claim could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +35,7 @@ impl ClaimSource {
     }
 
     /// The claim `namespace/name` now (one GET).
-    pub async fn get(&self, namespace: &str, name: &str) -> Result<ClaimView, ClaimError> {
+    pub async fn get(&self, namespace: &str, name: &str) -> Result<Claim, ClaimError> {
         let api: Api<ResourceClaim> = Api::namespaced(self.client.clone(), namespace);
         match api.get(name).await {
             Ok(claim) => view(&claim).ok_or_else(|| ClaimError::NoUid {
@@ -99,7 +56,7 @@ impl ClaimSource {
 }
 
 /// The neutral view of `claim`; `None` without a UID (never the case for a stored claim).
-pub fn view(claim: &ResourceClaim) -> Option<ClaimView> {
+pub fn view(claim: &ResourceClaim) -> Option<Claim> {
     let meta = &claim.metadata;
     let allocation = claim
         .status
@@ -110,7 +67,7 @@ pub fn view(claim: &ResourceClaim) -> Option<ClaimView> {
         .and_then(|d| d.results.as_ref())
         .into_iter()
         .flatten()
-        .map(|r| ClaimResult {
+        .map(|r| AllocatedDevice {
             request: r.request.clone(),
             driver: r.driver.clone(),
             pool: r.pool.clone(),
@@ -126,12 +83,11 @@ pub fn view(claim: &ResourceClaim) -> Option<ClaimView> {
             Some(OpaqueConfig {
                 driver: opaque.driver.clone(),
                 requests: c.requests.clone().unwrap_or_default(),
-                source: c.source.clone(),
                 parameters: opaque.parameters.0.clone(),
             })
         })
         .collect();
-    Some(ClaimView {
+    Some(Claim {
         uid: meta.uid.clone()?,
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
@@ -140,50 +96,26 @@ pub fn view(claim: &ResourceClaim) -> Option<ClaimView> {
     })
 }
 
-/// The kubelet side reads claims through [`crate::dra::claims::ClaimSource`]: this is the
-/// API-server implementation of it, the view mapped field by field.
+/// The kubelet side reads claims through [`crate::dra::claims::ClaimSource`]: this is its
+/// API-server implementation.
 #[tonic::async_trait]
 impl crate::dra::claims::ClaimSource for ClaimSource {
     async fn get(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<crate::dra::claims::Claim, crate::dra::claims::ClaimError> {
-        use crate::dra::claims as node;
-        match ClaimSource::get(self, namespace, name).await {
-            Ok(view) => Ok(node::Claim {
-                uid: view.uid,
-                namespace: view.namespace,
-                name: view.name,
-                results: view
-                    .results
-                    .into_iter()
-                    .map(|r| node::AllocatedDevice {
-                        request: r.request,
-                        driver: r.driver,
-                        pool: r.pool,
-                        device: r.device,
-                    })
-                    .collect(),
-                configs: view
-                    .configs
-                    .into_iter()
-                    .map(|c| node::OpaqueConfig {
-                        driver: c.driver,
-                        requests: c.requests,
-                        parameters: c.parameters,
-                    })
-                    .collect(),
-            }),
-            Err(ClaimError::NotFound { namespace, name }) => {
-                Err(node::ClaimError::NotFound { namespace, name })
-            }
-            Err(other) => Err(node::ClaimError::Unavailable {
-                namespace: namespace.into(),
-                name: name.into(),
-                reason: other.to_string(),
-            }),
-        }
+    ) -> Result<Claim, crate::dra::claims::ClaimError> {
+        use crate::dra::claims::ClaimError as NodeError;
+        ClaimSource::get(self, namespace, name)
+            .await
+            .map_err(|error| match error {
+                ClaimError::NotFound { namespace, name } => NodeError::NotFound { namespace, name },
+                other => NodeError::Unavailable {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    reason: other.to_string(),
+                },
+            })
     }
 }
 

@@ -5,7 +5,7 @@
 //!   [`semver`] and [`models`] supply what the API and the attributes need.
 //! - [`slices`]: devices → the node's pool of ResourceSlices, and the writes to get there (pure).
 //! - [`publisher`]: keeps the API server in sync (list, watch, write, retry).
-//! - [`claims`]: `get` of a ResourceClaim as a neutral [`claims::ClaimView`].
+//! - [`claims`]: `get` of a ResourceClaim as the kubelet side's neutral [`crate::dra::claims::Claim`].
 //! - [`client`]: the kube client, in-cluster or from a kubeconfig.
 
 pub mod claims;
@@ -17,7 +17,7 @@ pub mod publisher;
 pub mod semver;
 pub mod slices;
 
-pub use claims::{ClaimError, ClaimSource, ClaimView};
+pub use claims::{ClaimError, ClaimSource};
 pub use client::{client, ClientError};
 pub use devices::{DeviceList, DraDevice};
 pub use publisher::{follow, run as publish, PublishError, PublishStats, PublisherConfig};
