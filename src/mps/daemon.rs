@@ -88,13 +88,13 @@ pub fn specs_for(snapshot: &crate::snapshot::Snapshot) -> Vec<MpsDaemonSpec> {
             .iter()
             .filter_map(|uuid| snapshot.inventory.gpus.iter().find(|g| &g.uuid == uuid))
             .map(|g| g.memory_mib)
-            .min()
-            .filter(|&m| m > 0);
+            .min();
         out.push(MpsDaemonSpec {
             resource: resource.name.clone(),
             gpu_uuids,
             replicas,
-            memory_limit_mib_per_client: memory_mib.map(|m| m / u64::from(replicas)),
+            memory_limit_mib_per_client: memory_mib
+                .and_then(|m| layout::pinned_mem_limit_mib(m, replicas)),
             active_thread_percentage: layout::active_thread_percentage(replicas).unwrap_or(100),
         });
     }

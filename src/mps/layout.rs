@@ -72,17 +72,12 @@ pub fn active_thread_percentage(replicas: u32) -> Option<u32> {
     (replicas > 0).then(|| 100 / replicas)
 }
 
-/// The pinned device memory limit of each client on a GPU of `total_bytes`, in NVIDIA's format
-/// (`<MiB>M`, `set_default_device_pinned_mem_limit <index> <limit>`). `None` when the memory is
-/// unknown (0) or there are no replicas: NVIDIA sets no limit then.
-pub fn pinned_mem_limit(total_bytes: u64, replicas: u32) -> Option<String> {
-    if total_bytes == 0 || replicas == 0 {
-        return None;
-    }
-    Some(format!(
-        "{}M",
-        total_bytes / u64::from(replicas) / 1024 / 1024
-    ))
+/// The pinned device memory limit of each client on a GPU of `total_mib`, in MiB (sent as `<MiB>M`
+/// with `set_default_device_pinned_mem_limit`): an even share, rounded down, as NVIDIA's daemon
+/// computes it. `None` when the memory is unknown (0) or there are no replicas: NVIDIA sets no
+/// limit then.
+pub fn pinned_mem_limit_mib(total_mib: u64, replicas: u32) -> Option<u64> {
+    (total_mib > 0 && replicas > 0).then(|| total_mib / u64::from(replicas))
 }
 
 #[cfg(test)]
@@ -116,7 +111,7 @@ mod tests {
         assert_eq!(active_thread_percentage(3), Some(33));
         assert_eq!(active_thread_percentage(0), None);
         // 80 GiB over 4 replicas = 20 GiB = 20480 MiB.
-        assert_eq!(pinned_mem_limit(80 << 30, 4).as_deref(), Some("20480M"));
-        assert_eq!(pinned_mem_limit(0, 4), None);
+        assert_eq!(pinned_mem_limit_mib(80 << 10, 4), Some(20480));
+        assert_eq!(pinned_mem_limit_mib(0, 4), None);
     }
 }
